@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BACKPORTS_LIST=/etc/apt/sources.list.d/bookworm-backports.sources
-STAMP_DIR=${ELEMENTAL_STATE_DIR:-/var/lib/elemental-dev}
+STAMP_DIR=${ELEMENTAL_STATE:-/var/lib/elemental-py}
 STAMP=$STAMP_DIR/host-packages.stamp
 
 # Packages from bookworm-backports (newer than bookworm's own).

@@ -1,0 +1,58 @@
+# Front door of the project. `make iso` builds every artifact; `make test` runs the default suite.
+# Each stage prints what it does and how long it took (scripts/stage).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export ELEMENTAL_CACHE ?= /var/cache/elemental-py
+export ELEMENTAL_STATE ?= /var/lib/elemental-py
+export OUT ?= $(CURDIR)/out
+# REGISTRATION: a file or URL of a registration file to embed in the ISO (default: the dev operator's).
+export REGISTRATION ?=
+export OS_VERSION ?= 0.1.0
+STAGE := scripts/stage
+
+.PHONY: all setup venv iso os seed operator-image repack test unit lint e2e bench clean
+
+all: iso
+
+## setup: host packages (apt, bookworm-backports) and the Python venv; idempotent
+setup: $(VENV)/.installed
+	@$(STAGE) "host packages" scripts/setup-host.sh
+
+$(VENV)/.installed: pyproject.toml
+	@$(STAGE) "python venv" bash -c '$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q -U pip && $(PY) -m pip install -q -e ".[operator,dev]"'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+## iso: every artifact (OS OCI + raw disk, seed ISO + PXE files, operator image)
+iso: setup os seed operator-image repack
+
+## os / seed / operator-image: one image each (mkosi, incremental)
+os seed operator-image: setup
+	@$(STAGE) "image $@" scripts/build-image $@
+
+## repack: (re)pack the seed ISO and PXE files; seconds, no rootfs rebuild
+repack: setup
+	@$(STAGE) "seed iso" $(PY) -m iso.pack
+
+## test: lint + unit + integration + the seed-ISO VM boot test
+test: setup lint
+	@$(STAGE) "tests" $(PY) -m pytest -q tests
+
+lint: venv
+	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_register elemental_operator iso tests bench
+	@$(STAGE) "mypy" $(VENV)/bin/mypy
+
+## e2e: the full end-to-end lifecycle suite in QEMU
+e2e: iso
+	@$(STAGE) "e2e" $(PY) -m pytest -q tests/e2e --run-e2e
+
+## bench: benchmarks; prints tables with ratios against same-run baselines
+bench: iso
+	@$(STAGE) "bench" $(PY) -m bench
+
+clean:
+	rm -rf $(OUT) build results
