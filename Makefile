@@ -39,7 +39,7 @@ repack: setup
 	@$(STAGE) "seed iso" $(PY) -m iso.pack
 
 ## test: lint + unit + integration + the seed-ISO VM boot test
-test: setup lint
+test: setup lint iso
 	@$(STAGE) "tests" $(PY) -m pytest -q tests
 
 lint: venv
