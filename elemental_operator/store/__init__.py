@@ -1,0 +1,1 @@
+"""Object store: the interface (``base``) and its SQL backends (``sql``: SQLite, PostgreSQL)."""
