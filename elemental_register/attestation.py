@@ -1,0 +1,305 @@
+"""Server side of TPM 2.0 registration: pure software, no TPM device.
+
+Mirrors go-attestation's ``ActivationParameters.Generate`` (AK checks + credential
+activation challenge) and go-tpm's EK handling, so an EK/AK produced by Elemental's
+Go client verifies here and our challenges activate on its side:
+
+* EK PEM is a ``CERTIFICATE`` or a PKIX ``PUBLIC KEY``;
+  TPM hash = hex(sha256(PKIX DER of the EK public key)).
+* The AK must be a TPM-generated, restricted, non-duplicable signing key whose creation
+  is certified by itself (CertifyCreation); RSA and ECC AKs are both accepted.
+* The challenge is TPM2_MakeCredential bound to the AK *name*, encrypted to the EK with the
+  TCG default EK parameters (nameAlg SHA-256, AES-128-CFB), as tpm2-pytss computes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from tpm2_pytss.constants import TPM2_ALG, TPM2_ECC, TPM2_ST, TPMA_OBJECT
+from tpm2_pytss.types import (
+    TPM2B_PUBLIC,
+    TPMS_ATTEST,
+    TPMS_CREATION_DATA,
+    TPMT_PUBLIC,
+    TPMT_SIGNATURE,
+    TPMT_SYM_DEF_OBJECT,
+)
+from tpm2_pytss.utils import make_credential
+
+from elemental_register.protocol import AttestationParameters
+
+# TPM_GENERATED_VALUE: only the TPM itself produces TPMS_ATTEST structures starting with it.
+TPM_GENERATED_MAGIC = 0xFF544347
+ACTIVATION_SECRET_LEN = 32
+MIN_RSA_BITS = 2048
+
+_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
+    int(TPM2_ALG.SHA1): hashes.SHA1,
+    int(TPM2_ALG.SHA256): hashes.SHA256,
+    int(TPM2_ALG.SHA384): hashes.SHA384,
+    int(TPM2_ALG.SHA512): hashes.SHA512,
+}
+_CURVES: dict[int, ec.EllipticCurve] = {
+    int(TPM2_ECC.NIST_P256): ec.SECP256R1(),
+    int(TPM2_ECC.NIST_P384): ec.SECP384R1(),
+    int(TPM2_ECC.NIST_P521): ec.SECP521R1(),
+}
+
+
+class AttestationError(Exception):
+    """The EK or AK data is invalid or does not verify."""
+
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True)
+class EndorsementKey:
+    public_key: PublicKey
+    certificate: x509.Certificate | None
+    tpm_hash: str
+
+
+def pkix_der(key: PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def tpm_hash(key: PublicKey) -> str:
+    """Elemental's TPMHash: hex sha256 of the EK public key in PKIX DER form."""
+    return hashlib.sha256(pkix_der(key)).hexdigest()
+
+
+def parse_ek(pem: bytes) -> EndorsementKey:
+    text = pem.strip()
+    key: object
+    try:
+        if text.startswith(b"-----BEGIN CERTIFICATE-----"):
+            cert = x509.load_pem_x509_certificate(text)
+            key = cert.public_key()
+        elif text.startswith(b"-----BEGIN PUBLIC KEY-----"):
+            cert = None
+            key = serialization.load_pem_public_key(text)
+        else:
+            raise AttestationError("invalid EK PEM: expected CERTIFICATE or PUBLIC KEY")
+    except AttestationError:
+        raise
+    except Exception as exc:  # cryptography raises ValueError and friends on garbage
+        raise AttestationError(f"invalid EK PEM: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise AttestationError(f"EK too small: {key.key_size} bits")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if not any(type(key.curve) is type(c) for c in _CURVES.values()):
+            raise AttestationError(f"unsupported EK curve {key.curve.name}")
+    else:
+        raise AttestationError("EK must be an RSA or ECC key")
+    return EndorsementKey(public_key=key, certificate=cert, tpm_hash=tpm_hash(key))
+
+
+def verify_ek_certificate(
+    ek: EndorsementKey, ca_bundle_pem: str, now: datetime.datetime | None = None
+) -> None:
+    """Check that the EK certificate chains to one of the CAs in the bundle.
+
+    The bundle may also hold intermediates. Only signatures and validity periods are checked:
+    EK certificates carry TPM-specific SANs and no TLS usages, so a TLS path validator would
+    reject valid ones.
+    """
+    if ek.certificate is None:
+        raise AttestationError("EK has no certificate but a TPM CA is configured")
+    try:
+        bundle = x509.load_pem_x509_certificates(ca_bundle_pem.encode())
+    except ValueError as exc:
+        raise AttestationError(f"invalid TPM CA bundle: {exc}") from None
+    now = now or datetime.datetime.now(datetime.UTC)
+    cert = ek.certificate
+    for _ in range(8):
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise AttestationError(f"certificate {cert.subject.rfc4514_string()} is not valid now")
+        issuer = None
+        for candidate in bundle:
+            if candidate.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(candidate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            issuer = candidate
+            break
+        if issuer is None:
+            raise AttestationError("EK certificate does not chain to the configured TPM CA")
+        if issuer.subject == issuer.issuer:
+            return  # reached a self-signed root from the bundle
+        if not issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc:
+            raise AttestationError(f"CA {issuer.subject.rfc4514_string()} is not valid now")
+        # An intermediate from the bundle is trusted only if it chains further up.
+        cert = issuer
+    raise AttestationError("EK certificate chain too long")
+
+
+def ek_tpm_public(key: PublicKey) -> TPM2B_PUBLIC:
+    """TPM public area with the TCG default EK parameters, as MakeCredential needs them."""
+    sym = TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.AES)
+    sym.keyBits.aes = 128
+    sym.mode.aes = TPM2_ALG.CFB
+    attrs = (
+        TPMA_OBJECT.FIXEDTPM
+        | TPMA_OBJECT.FIXEDPARENT
+        | TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | TPMA_OBJECT.ADMINWITHPOLICY
+        | TPMA_OBJECT.RESTRICTED
+        | TPMA_OBJECT.DECRYPT
+    )
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return TPM2B_PUBLIC.from_pem(pem, nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, symmetric=sym)
+
+
+def _unmarshal_exact(cls: Any, data: bytes, what: str) -> object:
+    try:
+        obj, used = cls.unmarshal(data)
+    except Exception as exc:
+        raise AttestationError(f"malformed {what}: {exc}") from None
+    if used != len(data):
+        raise AttestationError(f"malformed {what}: {len(data) - used} trailing bytes")
+    return obj
+
+
+def object_name(public_bytes: bytes, name_alg: int) -> bytes:
+    """TPM object name: nameAlg (2 bytes) || H_nameAlg(TPMT_PUBLIC)."""
+    hcls = _HASHES.get(int(name_alg))
+    if hcls is None:
+        raise AttestationError(f"unsupported name algorithm 0x{int(name_alg):x}")
+    h = hashes.Hash(hcls())
+    h.update(public_bytes)
+    return int(name_alg).to_bytes(2, "big") + h.finalize()
+
+
+def public_key_of_tpmt(pub: TPMT_PUBLIC) -> PublicKey:
+    if pub.type == TPM2_ALG.RSA:
+        bits = int(pub.parameters.rsaDetail.keyBits)
+        if bits < MIN_RSA_BITS:
+            raise AttestationError(f"attestation key too small: {bits} bits")
+        exponent = int(pub.parameters.rsaDetail.exponent) or 65537
+        modulus = int.from_bytes(bytes(pub.unique.rsa), "big")
+        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+    if pub.type == TPM2_ALG.ECC:
+        curve = _CURVES.get(int(pub.parameters.eccDetail.curveID))
+        if curve is None:
+            raise AttestationError("unsupported AK curve")
+        x = int.from_bytes(bytes(pub.unique.ecc.x), "big")
+        y = int.from_bytes(bytes(pub.unique.ecc.y), "big")
+        try:
+            return ec.EllipticCurvePublicNumbers(x, y, curve).public_key()
+        except ValueError as exc:
+            raise AttestationError(f"invalid AK point: {exc}") from None
+    raise AttestationError(f"public key of alg 0x{int(pub.type):x} not supported")
+
+
+def _verify_signature(key: PublicKey, sig: TPMT_SIGNATURE, message: bytes) -> None:
+    alg = sig.sigAlg
+    try:
+        if alg in (TPM2_ALG.RSASSA, TPM2_ALG.RSAPSS) and isinstance(key, rsa.RSAPublicKey):
+            hcls = _HASHES.get(int(sig.signature.rsassa.hash))
+            if hcls is None:
+                raise AttestationError("unsupported signature hash")
+            raw = bytes(sig.signature.rsassa.sig)
+            pad: padding.AsymmetricPadding
+            if alg == TPM2_ALG.RSASSA:
+                pad = padding.PKCS1v15()
+            else:
+                pad = padding.PSS(mgf=padding.MGF1(hcls()), salt_length=padding.PSS.AUTO)
+            key.verify(raw, message, pad, hcls())
+        elif alg == TPM2_ALG.ECDSA and isinstance(key, ec.EllipticCurvePublicKey):
+            hcls = _HASHES.get(int(sig.signature.ecdsa.hash))
+            if hcls is None:
+                raise AttestationError("unsupported signature hash")
+            r = int.from_bytes(bytes(sig.signature.ecdsa.signatureR), "big")
+            s = int.from_bytes(bytes(sig.signature.ecdsa.signatureS), "big")
+            key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hcls()))
+        else:
+            raise AttestationError(f"unsupported signature algorithm 0x{int(alg):x}")
+    except InvalidSignature:
+        raise AttestationError("could not verify attestation: bad signature") from None
+
+
+def check_ak_parameters(params: AttestationParameters) -> bytes:
+    """go-attestation's checkTPM20AKParameters; returns the AK name the challenge binds to."""
+    if len(params.create_signature) < 8:
+        raise AttestationError(
+            f"signature is too short to be valid: only {len(params.create_signature)} bytes"
+        )
+    pub = _unmarshal_exact(TPMT_PUBLIC, params.public, "AK public area")
+    assert isinstance(pub, TPMT_PUBLIC)
+    _unmarshal_exact(TPMS_CREATION_DATA, params.create_data, "creation data")
+    att = _unmarshal_exact(TPMS_ATTEST, params.create_attestation, "creation attestation")
+    assert isinstance(att, TPMS_ATTEST)
+    sig = _unmarshal_exact(TPMT_SIGNATURE, params.create_signature, "creation signature")
+    assert isinstance(sig, TPMT_SIGNATURE)
+
+    if att.magic != TPM_GENERATED_MAGIC:
+        raise AttestationError("creation attestation was not produced by a TPM")
+    if att.type != TPM2_ST.ATTEST_CREATION:
+        raise AttestationError(f"attestation does not apply to creation data, got tag 0x{int(att.type):x}")
+    key = public_key_of_tpmt(pub)
+
+    name_hash = _HASHES.get(int(pub.nameAlg))
+    if name_hash is None:
+        raise AttestationError("unsupported AK name algorithm")
+    h = hashes.Hash(name_hash())
+    h.update(params.create_data)
+    if not hmac.compare_digest(bytes(att.attested.creation.creationHash), h.finalize()):
+        raise AttestationError("attestation refers to different public key")
+
+    attrs = int(pub.objectAttributes)
+    required = {
+        TPMA_OBJECT.FIXEDTPM: "provided key is exportable",
+        TPMA_OBJECT.RESTRICTED: "provided key is not limited to attestation",
+        TPMA_OBJECT.FIXEDPARENT: "provided key can be duplicated to a different parent",
+        TPMA_OBJECT.SENSITIVEDATAORIGIN: "provided key is not created by TPM",
+        TPMA_OBJECT.SIGN_ENCRYPT: "provided key is not a signing key",
+    }
+    for flag, message in required.items():
+        if not attrs & int(flag):
+            raise AttestationError(message)
+    if attrs & int(TPMA_OBJECT.DECRYPT):
+        raise AttestationError("provided key is a decryption key")
+
+    name = object_name(params.public, pub.nameAlg)
+    if not hmac.compare_digest(bytes(att.attested.creation.objectName), name):
+        raise AttestationError("creation attestation refers to a different key")
+    _verify_signature(key, sig, params.create_attestation)
+    return name
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What the server keeps (``secret``) and sends (``credential``, ``encrypted_secret``)."""
+
+    secret: bytes
+    credential: bytes  # marshalled TPM2B_ID_OBJECT
+    encrypted_secret: bytes  # marshalled TPM2B_ENCRYPTED_SECRET
+
+
+def make_challenge(ek: EndorsementKey, ak_name: bytes) -> Challenge:
+    secret = secrets.token_bytes(ACTIVATION_SECRET_LEN)
+    try:
+        cred, enc = make_credential(ek_tpm_public(ek.public_key), secret, ak_name)
+    except Exception as exc:
+        raise AttestationError(f"cannot generate activation challenge: {exc}") from None
+    return Challenge(secret=secret, credential=cred.marshal(), encrypted_secret=enc.marshal())
+
+
+def verify_answer(challenge: Challenge, answer: bytes) -> bool:
+    # Elemental used bytes.Equal here; a constant-time compare leaks nothing about the secret.
+    return hmac.compare_digest(challenge.secret, answer)

@@ -1,0 +1,438 @@
+"""Elemental registration wire protocol: the only module that knows byte layouts.
+
+Compatible frame for frame with rancher/elemental-operator ``pkg/register`` (client and
+server) and rancher-sandbox/go-tpm + go-attestation (TPM auth header and challenge):
+
+* binary websocket frames, byte 0 = message type (0..12), the rest is the payload;
+* JSON payloads are Go ``json.Encoder`` output (compact, sorted map keys, HTML-escaped,
+  trailing newline) and the receiver acks each with ``Ready``;
+* ``Version`` carries one byte, the highest message id the sender knows;
+* ``Error`` carries YAML ``message: <text>``, ``Config`` carries the YAML config;
+* the TPM challenge/response are raw JSON frames *without* a type byte;
+* ``Authorization: Bearer TPM<base64(json AttestationData)>`` or ``Bearer PLAIN<id>``.
+
+Go marshals ``[]byte`` as standard, padded base64 and matches JSON keys
+case-insensitively when decoding; both are mirrored here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+import yaml
+
+
+class MsgType(IntEnum):
+    UNDEFINED = 0
+    READY = 1
+    SMBIOS = 2
+    LABELS = 3
+    GET = 4
+    VERSION = 5
+    SYSTEM_DATA = 6
+    CONFIG = 7
+    ERROR = 8
+    ANNOTATIONS = 9
+    UPDATE = 10
+    SYSTEM_DATA_V2 = 11
+    NETWORK_CONFIG = 12
+
+
+MSG_LAST = MsgType.NETWORK_CONFIG
+# Go's RegistrationDeadlineSeconds: one deadline for the whole session, set right after connecting.
+DEADLINE_SECONDS = 10.0
+# Elemental has no limit; ours bounds memory per connection. SMBIOS + SystemDataV2 of a big
+# server is ~100 KiB, so 4 MiB is generous.
+MAX_FRAME_SIZE = 4 * 1024 * 1024
+# Header size limit (aiohttp's default line limit is 8190; the TPM header with an EK certificate
+# is ~3-4 KiB).
+MAX_AUTH_HEADER = 64 * 1024
+
+MSG_INVENTORY_NOT_FOUND = "MachineInventory not found"
+
+
+class ProtocolError(Exception):
+    """Malformed, unexpected, unknown or oversized data on the wire."""
+
+
+class RemoteError(ProtocolError):
+    """The peer sent an ``Error`` frame; ``str(exc)`` is its message."""
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+
+
+def encode_frame(msg_type: MsgType | int, payload: bytes = b"") -> bytes:
+    t = int(msg_type)
+    if not 0 <= t <= MSG_LAST:
+        raise ProtocolError(f"unknown message type {t}")
+    if len(payload) + 1 > MAX_FRAME_SIZE:
+        raise ProtocolError(f"frame too large ({len(payload) + 1} bytes)")
+    return bytes((t,)) + payload
+
+
+def decode_frame(frame: bytes | str) -> tuple[MsgType, bytes]:
+    if isinstance(frame, str):
+        raise ProtocolError("got non binary message")
+    if len(frame) == 0:
+        raise ProtocolError("empty message")
+    if len(frame) > MAX_FRAME_SIZE:
+        raise ProtocolError(f"frame too large ({len(frame)} bytes)")
+    if frame[0] > MSG_LAST:
+        raise ProtocolError(f"unknown message type {frame[0]}")
+    return MsgType(frame[0]), bytes(frame[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# payloads
+
+_GO_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def go_json(obj: Any, newline: bool = True, sort_keys: bool = True) -> bytes:
+    """Serialise like Go: compact, map keys sorted, HTML characters escaped, UTF-8.
+
+    ``sort_keys=False`` for Go structs, whose fields keep declaration order.
+    """
+    text = json.dumps(obj, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False)
+    text = text.translate(_GO_ESCAPES)
+    return (text + ("\n" if newline else "")).encode()
+
+
+def decode_json_object(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"invalid JSON payload: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("JSON payload is not an object")
+    return obj
+
+
+def decode_string_map(payload: bytes) -> dict[str, str]:
+    """Labels / Annotations: Go ``map[string]string`` (null → empty, non-strings rejected)."""
+    if payload.strip() == b"null":
+        return {}
+    obj = decode_json_object(payload)
+    if not all(isinstance(v, str) for v in obj.values()):
+        raise ProtocolError("expected a map of strings")
+    return obj
+
+
+def encode_version(version: int = MSG_LAST) -> bytes:
+    return bytes((int(version),))
+
+
+def decode_version(payload: bytes) -> int:
+    if len(payload) != 1:
+        raise ProtocolError(f"unknown version format: {payload!r}")
+    return payload[0]
+
+
+def negotiate_version(payload: bytes, ours: int = MSG_LAST) -> int:
+    """Server side of Version: refuse clients up to ``Get`` (4), clamp newer ones to ours."""
+    client = decode_version(payload)
+    if client <= MsgType.GET:
+        raise ProtocolError(
+            "elemental-register protocol version is deprecated "
+            f"(elemental-register client too old, protocol version = {client})"
+        )
+    return min(client, ours)
+
+
+def encode_error(message: str) -> bytes:
+    return yaml.safe_dump({"message": message}, default_flow_style=False, sort_keys=False).encode()
+
+
+def decode_error(payload: bytes) -> str:
+    try:
+        data = yaml.safe_load(payload.decode("utf-8", "replace"))
+    except yaml.YAMLError:
+        return payload.decode("utf-8", "replace").strip()
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, str):
+        return message
+    return payload.decode("utf-8", "replace").strip()
+
+
+def encode_yaml(data: Mapping[str, Any]) -> bytes:
+    return yaml.safe_dump(dict(data), default_flow_style=False, sort_keys=False).encode()
+
+
+def decode_config(payload: bytes) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(payload.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ProtocolError(f"invalid config YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ProtocolError("config is not a map")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# authorization header and TPM challenge
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(value: Any, what: str) -> bytes:
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{what}: expected base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"{what}: invalid base64") from None
+
+
+def _field(obj: Mapping[str, Any], name: str) -> Any:
+    # Go's encoding/json matches object keys case-insensitively.
+    if name in obj:
+        return obj[name]
+    lname = name.lower()
+    for k, v in obj.items():
+        if k.lower() == lname:
+            return v
+    return None
+
+
+@dataclass(frozen=True)
+class AttestationParameters:
+    """go-attestation ``AttestationParameters`` (TPM 2.0): the AK's public area and its creation proof.
+
+    ``public`` = TPMT_PUBLIC, ``create_data`` = TPMS_CREATION_DATA, ``create_attestation`` =
+    TPMS_ATTEST, ``create_signature`` = TPMT_SIGNATURE, each marshalled without a TPM2B size.
+    """
+
+    public: bytes
+    create_data: bytes
+    create_attestation: bytes
+    create_signature: bytes
+    use_tcsd_activation_format: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Public": _b64(self.public),
+            "UseTCSDActivationFormat": self.use_tcsd_activation_format,
+            "CreateData": _b64(self.create_data),
+            "CreateAttestation": _b64(self.create_attestation),
+            "CreateSignature": _b64(self.create_signature),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AttestationParameters:
+        if not isinstance(obj, dict):
+            raise ProtocolError("AK: expected an object")
+        return cls(
+            public=_unb64(_field(obj, "Public"), "AK.Public"),
+            create_data=_unb64(_field(obj, "CreateData"), "AK.CreateData"),
+            create_attestation=_unb64(_field(obj, "CreateAttestation"), "AK.CreateAttestation"),
+            create_signature=_unb64(_field(obj, "CreateSignature"), "AK.CreateSignature"),
+            use_tcsd_activation_format=bool(_field(obj, "UseTCSDActivationFormat")),
+        )
+
+
+@dataclass(frozen=True)
+class AttestationData:
+    ek_pem: bytes
+    ak: AttestationParameters
+
+
+@dataclass(frozen=True)
+class PlainAuth:
+    identifier: str
+
+
+TPM_PREFIX = "Bearer TPM"
+PLAIN_PREFIX = "Bearer PLAIN"
+
+
+def tpm_auth_header(data: AttestationData) -> str:
+    # go-tpm uses json.Marshal on a struct: declaration order, no trailing newline.
+    body = go_json({"EK": _b64(data.ek_pem), "AK": data.ak.to_json()}, newline=False, sort_keys=False)
+    return TPM_PREFIX + base64.b64encode(body).decode()
+
+
+def plain_auth_header(identifier: str) -> str:
+    return PLAIN_PREFIX + identifier
+
+
+def parse_authorization(header: str | None) -> AttestationData | PlainAuth | None:
+    """Decode an Authorization header; None when it carries no recognised scheme.
+
+    Raises ProtocolError when the scheme is recognised but the content is malformed.
+    """
+    if not header:
+        return None
+    if len(header) > MAX_AUTH_HEADER:
+        raise ProtocolError("authorization header too large")
+    if header.startswith(TPM_PREFIX):
+        raw = header[len(TPM_PREFIX) :]
+        try:
+            body = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("TPM auth: invalid base64") from None
+        obj = decode_json_object(body)
+        ek = _unb64(_field(obj, "EK"), "EK")
+        if not ek:
+            raise ProtocolError("TPM auth: missing EK")
+        ak = _field(obj, "AK")
+        if ak is None:
+            raise ProtocolError("TPM auth: missing AK")
+        return AttestationData(ek_pem=ek, ak=AttestationParameters.from_json(ak))
+    if header.startswith(PLAIN_PREFIX):
+        ident = header[len(PLAIN_PREFIX) :]
+        if not ident:
+            raise ProtocolError("PLAIN auth: empty identifier")
+        return PlainAuth(ident)
+    return None
+
+
+def encode_challenge(credential: bytes, secret: bytes) -> bytes:
+    """Server → client: ``{"EC":{"Credential":…,"Secret":…}}``.
+
+    ``credential`` is a marshalled TPM2B_ID_OBJECT and ``secret`` a marshalled
+    TPM2B_ENCRYPTED_SECRET (go-attestation strips the 2-byte sizes before ActivateCredential).
+    """
+    return go_json({"EC": {"Credential": _b64(credential), "Secret": _b64(secret)}}, sort_keys=False)
+
+
+def decode_challenge(frame: bytes) -> tuple[bytes, bytes]:
+    obj = decode_json_object(frame)
+    ec = _field(obj, "EC")
+    if not isinstance(ec, dict):
+        raise ProtocolError("challenge: missing EC")
+    cred = _unb64(_field(ec, "Credential"), "EC.Credential")
+    secret = _unb64(_field(ec, "Secret"), "EC.Secret")
+    if len(cred) < 2 or len(secret) < 2:
+        raise ProtocolError("challenge: malformed credential")
+    return cred, secret
+
+
+def encode_challenge_response(secret: bytes) -> bytes:
+    return go_json({"Secret": _b64(secret)})
+
+
+def decode_challenge_response(frame: bytes) -> bytes:
+    obj = decode_json_object(frame)
+    return _unb64(_field(obj, "Secret"), "Secret")
+
+
+# ---------------------------------------------------------------------------------------------
+# channels
+
+
+class FrameConn(Protocol):
+    """One websocket connection as the server sees it: whole binary messages in and out."""
+
+    async def recv(self) -> bytes: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+
+class SyncFrameConn(Protocol):
+    """Client side (``websockets.sync``): ``recv(timeout)`` returns one whole message."""
+
+    def recv(self, timeout: float | None = None) -> bytes | str: ...
+
+    def send(self, message: bytes) -> None: ...
+
+
+class Deadline:
+    """One absolute deadline for the whole exchange, like Go's SetRead/WriteDeadline."""
+
+    def __init__(self, seconds: float = DEADLINE_SECONDS) -> None:
+        self.expires = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        left = self.expires - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("registration deadline exceeded")
+        return left
+
+
+class ServerChannel:
+    """Typed messages over a FrameConn with the session deadline applied to every read/write."""
+
+    def __init__(self, conn: FrameConn, deadline: Deadline | None = None) -> None:
+        self.conn = conn
+        self.deadline = deadline or Deadline()
+
+    async def recv_raw(self) -> bytes:
+        # Typed as bytes, but a transport may hand over text frames: refuse them explicitly.
+        data: bytes | str = await asyncio.wait_for(self.conn.recv(), self.deadline.remaining())
+        if isinstance(data, str):
+            raise ProtocolError("got non binary message")
+        if len(data) > MAX_FRAME_SIZE:
+            raise ProtocolError(f"frame too large ({len(data)} bytes)")
+        return bytes(data)
+
+    async def send_raw(self, data: bytes) -> None:
+        await asyncio.wait_for(self.conn.send(data), self.deadline.remaining())
+
+    async def read(self) -> tuple[MsgType, bytes]:
+        return decode_frame(await self.recv_raw())
+
+    async def write(self, msg_type: MsgType, payload: bytes = b"") -> None:
+        await self.send_raw(encode_frame(msg_type, payload))
+
+
+class ClientChannel:
+    """Client side of the typed exchange over a synchronous websocket."""
+
+    def __init__(self, conn: SyncFrameConn, deadline: Deadline | None = None) -> None:
+        self.conn = conn
+        self.deadline = deadline or Deadline()
+
+    def recv_raw(self) -> bytes:
+        data = self.conn.recv(timeout=self.deadline.remaining())
+        if isinstance(data, str):
+            raise ProtocolError("got non binary message")
+        return bytes(data)
+
+    def send_raw(self, data: bytes) -> None:
+        self.deadline.remaining()
+        self.conn.send(data)
+
+    def read(self) -> tuple[MsgType, bytes]:
+        msg_type, payload = decode_frame(self.recv_raw())
+        if msg_type == MsgType.ERROR:
+            raise RemoteError(decode_error(payload))
+        return msg_type, payload
+
+    def write(self, msg_type: MsgType, payload: bytes = b"") -> None:
+        self.send_raw(encode_frame(msg_type, payload))
+
+    def expect(self, expected: MsgType) -> bytes:
+        msg_type, payload = self.read()
+        if msg_type != expected:
+            raise ProtocolError(f"expecting '{expected.name}' but got '{msg_type.name}'")
+        return payload
+
+    def send_json(self, msg_type: MsgType, data: Any) -> None:
+        """Go SendJSONData: type + JSON, then require a Ready."""
+        self.write(msg_type, go_json(data))
+        self.expect(MsgType.READY)
+
+    def negotiate(self, ours: int = MSG_LAST) -> int:
+        self.write(MsgType.VERSION, encode_version(ours))
+        version = decode_version(self.expect(MsgType.VERSION))
+        if version <= MsgType.GET or version > ours:
+            raise ProtocolError(f"server negotiated an unsupported protocol version {version}")
+        return version
