@@ -1,0 +1,1 @@
+"""The installer: install, upgrade and reset of the immutable A/B OS (docs/installer.md)."""

@@ -1,0 +1,148 @@
+"""systemd-boot on the ESP: loader, one Type #1 entry per slot with boot counting, recovery entry.
+
+Which slot boots is decided by systemd-boot's own ordering, not by a `default` line: all slot
+entries share `sort-key elemental`, so the highest `version` (a generation number the installer
+bumps on every install/upgrade) sorts first, and an entry whose tries are exhausted (`+0-N`) sorts
+last. A fresh slot therefore boots first, a slot that failed its tries drops behind the other one,
+and when both are bad the recovery entry (sort-key `elemental-recovery`) is first. A `default`
+pattern would pin the entry even after it went bad.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from elemental_register.installer.pe import Uki
+
+ENTRY_RE = re.compile(r"^(?P<id>.+?)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
+TRIES = 3
+LOADER_CONF = "timeout 3\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
+RECOVERY_ID = "elemental-recovery"
+
+# Tokens of the UKI's own command line that the installer decides per slot.
+_OWN = re.compile(
+    r"^(root|rootfstype|rootflags|roothash|usrhash|mount\.usr|mount\.usrfstype|"
+    r"systemd\.volatile|elemental\.[a-z]+)=|^(ro|rw)$"
+)
+
+# A boot that ends in the emergency target reboots instead of waiting at a locked console, so a
+# broken slot uses up its tries and systemd-boot falls back without help (credential drop-ins,
+# systemd >= 256, read by systemd-debug-generator in the initrd and the host).
+_EMERGENCY_REBOOT = "[Service]\nExecStart=\nExecStart=/usr/bin/systemctl reboot --force\n"
+
+
+@dataclass
+class Entry:
+    path: Path
+    id: str  # file name without counter and .conf
+    tries_left: int | None
+    tries_done: int | None
+
+    @property
+    def bad(self) -> bool:
+        return self.tries_left == 0
+
+
+def parse_entry_name(path: Path) -> Entry | None:
+    m = ENTRY_RE.match(path.name)
+    if not m:
+        return None
+    left, done = m.group("left"), m.group("done")
+    return Entry(
+        path,
+        m.group("id"),
+        int(left) if left is not None else None,
+        int(done) if done is not None else (0 if left is not None else None),
+    )
+
+
+def entries(esp: Path) -> list[Entry]:
+    d = esp / "loader/entries"
+    out = [parse_entry_name(p) for p in sorted(d.glob("*.conf"))] if d.is_dir() else []
+    return [e for e in out if e]
+
+
+def slot_entry_id(slot: str) -> str:
+    return f"elemental-{slot}"
+
+
+def kernel_options(
+    uki: Uki, root_partuuid: str, slot: str, mounts: dict[str, str], *, mode: str = "system", extra: str = ""
+) -> str:
+    """Command line for a slot: the UKI's own minus what we set, plus root, mounts and mode."""
+    keep = [t for t in shlex.split(uki.cmdline) if not _OWN.match(t)]
+    opts = [
+        f"root=PARTUUID={root_partuuid}",
+        "rootfstype=erofs",
+        "ro",
+        # the image is read-only; an overlay with a tmpfs upper makes / writable (state that
+        # must survive lives on COS_PERSISTENT at /var and in COS_OEM)
+        "systemd.volatile=overlay",
+        f"elemental.slot={slot}",
+        f"elemental.mode={mode}",
+    ]
+    for where, (what, fstype, options) in sorted((w, _split(v)) for w, v in mounts.items()):
+        opts.append(f"systemd.mount-extra={what}:{where}:{fstype}:{options}")
+    cred = base64.b64encode(_EMERGENCY_REBOOT.encode()).decode()
+    opts.append(f"systemd.set_credential_binary=systemd.unit-dropin.emergency.service:{cred}")
+    return " ".join([*opts, *keep, *shlex.split(extra)])
+
+
+def _split(v: str) -> tuple[str, str, str]:
+    what, fstype, options = v.split("|")
+    return what, fstype, options
+
+
+def entry_text(title: str, version: str, sort_key: str, kdir: str, options: str) -> str:
+    return (
+        f"title {title}\nsort-key {sort_key}\nversion {version}\n"
+        f"linux /{kdir}/linux\ninitrd /{kdir}/initrd\noptions {options}\n"
+    )
+
+
+def write_kernel(esp: Path, name: str, uki: Uki) -> str:
+    kdir = f"EFI/elemental/{name}"
+    (esp / kdir).mkdir(parents=True, exist_ok=True)
+    _write_atomic(esp / kdir / "linux", uki.linux)
+    _write_atomic(esp / kdir / "initrd", uki.initrd)
+    return kdir
+
+
+def remove_entries(esp: Path, entry_id: str) -> None:
+    for e in entries(esp):
+        if e.id == entry_id:
+            e.path.unlink()
+
+
+def write_entry(esp: Path, entry_id: str, text: str, tries: int | None) -> Path:
+    """Replace the entries of `entry_id` by one with `tries` (None: not counted)."""
+    remove_entries(esp, entry_id)
+    name = f"{entry_id}+{tries}.conf" if tries is not None else f"{entry_id}.conf"
+    path = esp / "loader/entries" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, text.encode())
+    return path
+
+
+def install_loader(esp: Path, sd_boot: bytes) -> None:
+    for rel in ("EFI/systemd/systemd-bootx64.efi", "EFI/BOOT/BOOTX64.EFI"):
+        (esp / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(esp / rel, sd_boot)
+    (esp / "loader/entries").mkdir(parents=True, exist_ok=True)
+    _write_atomic(esp / "loader/loader.conf", LOADER_CONF.encode())
+    _write_atomic(esp / "loader/entries.srel", b"type1\n")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,271 @@
+"""Installer on loop-backed disk files: real partitions, file systems, boot entries, OEM files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from elemental_register.installer import boot, core, disk, oem, source
+from elemental_register.installer.disk import GiB, MiB
+from elemental_register.installer.testing import loop_disk, make_oci, make_rootfs, mounted
+from elemental_register.run import Die, run
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("umoci"),
+    reason="needs root, loop devices and umoci",
+)
+
+CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def reg_config(device: str, system: str, **install: Any) -> dict[str, Any]:
+    return {
+        "elemental": {
+            "registration": {"url": "https://op.example:9443/elemental/registration/abc", "ca-cert": CA},
+            "install": {"device": device, "system-uri": system, **install},
+            "reset": {"enabled": True},
+            "system-agent": {
+                "url": "https://op.example:9443",
+                "token": "tok123",
+                "secret-name": "m-1",
+                "secret-namespace": "fleet-default",
+            },
+        },
+        "cloud-config": {"users": [{"name": "root", "passwd": "$6$x$y"}], "hostname": "edge-1"},
+    }
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if os.geteuid() != 0 or not shutil.which("umoci"):
+        pytest.skip("needs root and umoci")
+    d = tmp_path_factory.mktemp("img")
+    root = make_rootfs(d / "rootfs", "1.0.0")
+    return make_oci(d / "layout", "1.0.0", root, d)
+
+
+# ------------------------------------------------------------------------------ pure logic
+
+
+def test_device_selector_is_deterministic() -> None:
+    disks = [
+        disk.Disk("sdb", "/dev/sdb", 40 * GiB),
+        disk.Disk("sda", "/dev/sda", 40 * GiB),
+        disk.Disk("vda", "/dev/vda", 8 * GiB),
+    ]
+    rules = [{"key": "Size", "operator": "Gt", "values": ["20Gi"]}]
+    assert disk.select_device({"device-selector": rules}, disks) == "/dev/sda"
+    assert disk.select_device({"device-selector": rules}, list(reversed(disks))) == "/dev/sda"
+    rules2 = [{"key": "Name", "operator": "NotIn", "values": ["/dev/sda"]}]
+    assert disk.select_device({"device-selector": rules2}, disks) == "/dev/sdb"
+    rules3 = [
+        {"key": "Size", "operator": "Lt", "values": ["10G"]},
+        {"key": "Name", "operator": "In", "values": ["vda"]},
+    ]
+    assert disk.select_device({"device-selector": rules3}, disks) == "/dev/vda"
+    assert disk.select_device({"device": "/dev/nvme0n1", "device-selector": rules}, disks) == "/dev/nvme0n1"
+    with pytest.raises(Die, match="no disk matches"):
+        disk.select_device({"device-selector": [{"key": "Size", "operator": "Gt", "values": ["1Ti"]}]}, disks)
+    with pytest.raises(Die, match="no install device"):
+        disk.select_device({}, disks)
+
+
+def test_quantities() -> None:
+    assert disk.parse_quantity("20Gi") == 20 * GiB
+    assert disk.parse_quantity("500M") == 500 * 10**6
+    assert disk.parse_quantity("1024") == 1024
+
+
+def test_layout_sizes() -> None:
+    lay = disk.plan_layout(32 * GiB, 300 * MiB)
+    sizes = {p.role: p.size for p in lay.parts}
+    assert sizes["a"] == sizes["b"] == 2 * GiB
+    assert 300 * MiB < sizes["recovery"] < 400 * MiB
+    assert sizes["persistent"] == 0  # rest of the disk
+    small = disk.plan_layout(4 * GiB, 300 * MiB)  # build-disk --size 4G must fit
+    assert 600 * MiB <= small.part("a").size < 2 * GiB
+    with pytest.raises(Die, match="disk too small"):
+        disk.plan_layout(1 * GiB, 300 * MiB)
+
+
+def test_source_parsing() -> None:
+    assert source.parse("oci:/run/os:1.2") == source.Source("oci", "/run/os", "1.2")
+    assert source.parse("oci:/run/os") == source.Source("oci", "/run/os", "")
+    assert source.parse("docker://reg/os:1") == source.Source("docker", "reg/os:1")
+    assert source.parse("reg.example/os:1") == source.Source("docker", "reg.example/os:1")
+    assert source.parse("dir:/srv/root") == source.Source("dir", "/srv/root")
+    assert source.parse(None).ref == source.SEED_LAYOUT
+
+
+def test_entry_names() -> None:
+    e = boot.parse_entry_name(Path("elemental-a+2-1.conf"))
+    assert e and (e.id, e.tries_left, e.tries_done) == ("elemental-a", 2, 1)
+    e = boot.parse_entry_name(Path("elemental-b+0-3.conf"))
+    assert e and e.bad
+    e = boot.parse_entry_name(Path("elemental-a.conf"))
+    assert e and e.tries_left is None and not e.bad
+
+
+def test_agent_files_unmanaged(tmp_path: Path) -> None:
+    from elemental_register.installer import api
+
+    api.install_unmanaged(reg_config("/dev/x", "dir:/"), tmp_path)
+    conn = json.loads((tmp_path / "var/lib/elemental/agent/elemental_connection.json").read_text())
+    assert conn == {
+        "url": "https://op.example:9443",
+        "token": "tok123",
+        "namespace": "fleet-default",
+        "secretName": "m-1",
+        "caCert": CA,
+    }
+    cfg = yaml.safe_load((tmp_path / "etc/rancher/elemental/agent/config.yaml").read_text())
+    assert cfg["connectionInfoFile"] == "/var/lib/elemental/agent/elemental_connection.json"
+    for p in ("var/lib/elemental/agent/elemental_connection.json", "etc/rancher/elemental/agent/config.yaml"):
+        assert (tmp_path / p).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "var/lib/elemental/agent").stat().st_mode & 0o777 == 0o700
+    assert not (tmp_path / "oem").exists()
+
+
+# --------------------------------------------------------------------- on loop-backed disks
+
+
+def _digest(path: Path, n: int = 8 * MiB) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(n)).hexdigest()
+
+
+def esp_files(dev: str) -> dict[str, str]:
+    out = run(["mdir", "-i", dev, "-/", "-b", "::/"]).stdout.split()
+    return {p: p for p in out}
+
+
+@needs_root
+def test_install_on_loop_disk(tmp_path: Path, image: str) -> None:
+    stages: list[tuple[str, int]] = []
+    with loop_disk(tmp_path / "disk.raw", 6 * GiB) as dev:
+        cfg = reg_config(dev, image)
+        assert core.install(cfg, lambda s, p: stages.append((s, p)), state={"emulatedTPM": True}) == dev
+        percents = [p for _, p in stages]
+        assert percents == sorted(percents) and percents[0] == 0 and percents[-1] == 100
+
+        table = {p["name"]: p for p in disk.read_table(dev)}
+        assert list(table) == [
+            "COS_EFI",
+            "COS_OEM",
+            "COS_RECOVERY",
+            "COS_SYSTEM_A",
+            "COS_SYSTEM_B",
+            "COS_PERSISTENT",
+        ]
+        assert table["COS_EFI"]["type"] == disk.ESP_TYPE
+        blk = {n: run(["blkid", "-o", "export", p["node"]], check=False).stdout for n, p in table.items()}
+        assert "TYPE=vfat" in blk["COS_EFI"] and "LABEL=COS_EFI" in blk["COS_EFI"]
+        assert "TYPE=erofs" in blk["COS_SYSTEM_A"] and "TYPE=erofs" in blk["COS_RECOVERY"]
+        assert "TYPE=" not in blk["COS_SYSTEM_B"]
+        assert "LABEL=COS_OEM" in blk["COS_OEM"] and "TYPE=ext4" in blk["COS_OEM"]
+        assert "LABEL=COS_PERSISTENT" in blk["COS_PERSISTENT"]
+
+        # boot loader and entries
+        esp = table["COS_EFI"]["node"]
+        files = esp_files(esp)
+        assert "::/EFI/BOOT/BOOTX64.EFI" in files and "::/EFI/elemental/a/linux" in files
+        entry_a = run(["mtype", "-i", esp, "::/loader/entries/elemental-a+3.conf"]).stdout
+        uuid_a = table["COS_SYSTEM_A"]["uuid"].lower()
+        assert f"root=PARTUUID={uuid_a}" in entry_a and "elemental.slot=a" in entry_a
+        assert (
+            "console=ttyS0,115200" in entry_a and "root=PARTUUID=dead" not in entry_a and " rw" not in entry_a
+        )
+        assert "sort-key elemental\nversion 1\n" in entry_a
+        rec = run(["mtype", "-i", esp, "::/loader/entries/elemental-recovery.conf"]).stdout
+        assert "elemental.mode=recovery" in rec and ":/var:" not in rec
+        kernel = run(["mtype", "-i", esp, "::/EFI/elemental/a/linux"]).stdout
+        assert kernel.startswith("KERNEL-1.0.0")
+
+        # slot A holds the OS
+        with mounted(table["COS_SYSTEM_A"]["node"], tmp_path / "a", "-o", "ro") as a:
+            assert (a / "usr/lib/os-release").read_text().count("IMAGE_VERSION=1.0.0") == 1
+        with mounted(table["COS_PERSISTENT"]["node"], tmp_path / "p") as p:
+            assert (p / "lib/demo/seed.txt").read_text() == "from the image's /var\n"
+        with mounted(table["COS_OEM"]["node"], tmp_path / "oem") as o:
+            reg = yaml.safe_load((o / "registration/config.yaml").read_text())
+            assert reg["elemental"]["registration"]["url"].endswith("/abc")
+            assert "install" not in reg["elemental"]
+            assert (o / "registration/config.yaml").stat().st_mode & 0o777 == 0o600
+            assert yaml.safe_load((o / "registration/state.yaml").read_text()) == {"emulatedTPM": True}
+            conn = json.loads((o / "elemental/agent/elemental_connection.json").read_text())
+            assert conn["token"] == "tok123" and conn["caCert"] == CA
+            assert yaml.safe_load((o / "elemental/cloud-config.yaml").read_text())["hostname"] == "edge-1"
+            st = oem.load_system_state(o)
+            assert st["partitions"]["a"] == uuid_a and st["slots"]["a"]["version"] == "1.0.0"
+
+
+@needs_root
+def test_bad_config_never_touches_the_disk(tmp_path: Path, image: str) -> None:
+    with loop_disk(tmp_path / "small.raw", 512 * MiB) as dev:
+        with open(dev, "r+b") as f:
+            f.write(b"\xaa" * MiB)
+            f.flush()
+            os.fsync(f.fileno())
+        before = _digest(tmp_path / "small.raw")
+        with pytest.raises(Die, match="disk too small"):
+            core.install(reg_config(dev, image))
+        with pytest.raises(Die, match="cannot read the OS image|no tag"):
+            core.install(reg_config(dev, f"oci:{tmp_path}/nolayout:1"))
+        with pytest.raises(Die, match="no tag '9.9'"):
+            core.install(reg_config(dev, image.rsplit(":", 1)[0] + ":9.9"))
+        with pytest.raises(Die, match="does not exist"):
+            core.install(reg_config("/dev/does-not-exist", image))
+        assert _digest(tmp_path / "small.raw") == before
+
+
+@needs_root
+def test_damaged_image_is_refused(tmp_path: Path, image: str) -> None:
+    layout = Path(image.split(":")[1])
+    broken = tmp_path / "broken"
+    shutil.copytree(layout, broken)
+    man = json.loads((broken / "index.json").read_text())["manifests"][0]["digest"].split(":")[1]
+    layer = json.loads((broken / "blobs/sha256" / man).read_text())["layers"][0]["digest"].split(":")[1]
+    with open(broken / "blobs/sha256" / layer, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(Die, match="missing or truncated"):
+        source.check(source.parse(f"oci:{broken}:1.0.0"))
+
+
+@needs_root
+def test_interrupted_install_can_be_repeated(
+    tmp_path: Path, image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with loop_disk(tmp_path / "disk.raw", 6 * GiB) as dev:
+        core.install(reg_config(dev, image))
+
+        def boom(*a: Any, **k: Any) -> None:
+            raise KeyboardInterrupt
+
+        # cut off after the table and slot A are written, before the ESP
+        monkeypatch.setattr(core.oem, "oem_tree", boom)
+        with pytest.raises(KeyboardInterrupt):
+            core.install(reg_config(dev, image))
+        table = {p["name"]: p for p in disk.read_table(dev)}
+        # no boot loader left: firmware falls through to the seed
+        assert "TYPE=" not in run(["blkid", "-o", "export", table["COS_EFI"]["node"]], check=False).stdout
+        monkeypatch.undo()
+        core.install(reg_config(dev, image))
+        esp = {p["name"]: p for p in disk.read_table(dev)}["COS_EFI"]["node"]
+        assert "elemental-a+3.conf" in run(["mdir", "-i", esp, "-b", "::/loader/entries"]).stdout
+
+
+@needs_root
+def test_build_disk(tmp_path: Path, image: str) -> None:
+    out = tmp_path / "os.raw"
+    core.build_disk(image, out, 4 * GiB)
+    table = {p["name"]: p for p in disk.read_table(str(out))}
+    assert len(table) == 6
+    assert out.stat().st_size == 4 * GiB
+    assert not (tmp_path / "os.raw.part").exists()
