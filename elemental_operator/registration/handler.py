@@ -1,0 +1,462 @@
+"""Registration endpoint logic: the registration file (plain GET) and the websocket session.
+
+The HTTP layer looks the MachineRegistration up by token and calls:
+
+* ``registration_file(registration, ctx)`` for a plain GET (raises ``RegistrationNotReady``
+  → 404), serialised as YAML;
+* ``await serve_registration(conn, authorization, registration, ctx, remote_ip)`` after the
+  websocket upgrade. It never raises for anything the peer sends: protocol errors are
+  answered with an ``Error`` frame and the function returns; the caller then closes.
+
+The MachineInventory is written exactly once per session, at ``Get``, so a session that
+breaks off midway leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from elemental_operator.api import API_VERSION, ValidationError
+from elemental_operator.context import OperatorContext
+from elemental_operator.registration.templater import (
+    TemplateError,
+    Templater,
+    ValueNotFound,
+    default_machine_name,
+    is_random_template,
+    sanitize_label_value,
+    sanitize_machine_name,
+)
+from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
+from elemental_register import attestation
+from elemental_register import protocol as P
+
+log = logging.getLogger(__name__)
+
+ELEMENTAL_PREFIX = "elemental.cattle.io/"
+RESETTABLE = ELEMENTAL_PREFIX + "resettable"
+UNMANAGED = ELEMENTAL_PREFIX + "os.unmanaged"
+# Go's html.EscapeString, applied to client-sent annotation keys and values.
+_HTML_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&#39;", '"': "&#34;"})
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Bounds a session independently of the deadline (a normal one has < 10 messages).
+MAX_MESSAGES = 64
+COMMIT_RETRIES = 5
+
+
+class RegistrationNotReady(LookupError):
+    """The registration has no URL or is not Ready: answer 404."""
+
+
+class RegistrationFailed(Exception):
+    """Ends the session with an Error frame carrying this message."""
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def is_ready(registration: Resource) -> bool:
+    for cond in _get(registration, "status", "conditions") or []:
+        if isinstance(cond, dict) and cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def registration_url(registration: Resource, ctx: OperatorContext) -> str:
+    url = _get(registration, "status", "registrationURL")
+    if url:
+        return str(url)
+    token = _get(registration, "status", "registrationToken")
+    return f"{ctx.public_url}/elemental/registration/{token}" if token else ""
+
+
+def client_registration_config(registration: Resource, ctx: OperatorContext) -> dict[str, Any]:
+    """``elemental.registration`` as clients get it (Go's GetClientRegistrationConfig).
+
+    Client-only settings (no-toolkit, labels) are dropped; false/zero values are omitted like
+    Go's ``omitempty``.
+    """
+    if not is_ready(registration):
+        raise RegistrationNotReady("registration is not ready")
+    url = registration_url(registration, ctx)
+    if not url:
+        raise RegistrationNotReady("registration has no URL")
+    reg = _get(registration, "spec", "config", "elemental", "registration") or {}
+    out: dict[str, Any] = {"url": url}
+    if ctx.ca_cert_pem:
+        out["ca-cert"] = ctx.ca_cert_pem
+    if reg.get("emulate-tpm"):
+        out["emulate-tpm"] = True
+    if reg.get("emulated-tpm-seed"):
+        out["emulated-tpm-seed"] = int(reg["emulated-tpm-seed"])
+    if reg.get("no-smbios"):
+        out["no-smbios"] = True
+    out["auth"] = reg.get("auth") or "tpm"
+    return out
+
+
+def registration_file(registration: Resource, ctx: OperatorContext) -> dict[str, Any]:
+    """The YAML served on a plain GET of the registration URL (the seed image's registration)."""
+    return {"elemental": {"registration": client_registration_config(registration, ctx)}}
+
+
+def label_prefix(registration: Resource) -> str:
+    prefix = _get(registration, "spec", "labelPrefix") or ""
+    if prefix == "":
+        return ELEMENTAL_PREFIX
+    if prefix == "-":
+        return ""
+    return f"{prefix}/"
+
+
+def valid_label_key(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return False
+    return bool(_LABEL_NAME.match(name))
+
+
+def _html_escape(value: str) -> str:
+    return value.translate(_HTML_ESCAPES)
+
+
+@dataclass
+class _Identity:
+    auth: str  # "tpm" | "plain"
+    tpm_hash: str = ""
+    machine_hash: str = ""
+
+    def find(self, ctx: OperatorContext) -> Resource | None:
+        if self.tpm_hash:
+            return ctx.store.find_inventory_by_hash(tpm_hash=self.tpm_hash)
+        return ctx.store.find_inventory_by_hash(machine_hash=self.machine_hash)
+
+
+@dataclass
+class _Session:
+    registration: Resource
+    ctx: OperatorContext
+    identity: _Identity
+    existing: Resource | None
+    templater: Templater = field(default_factory=Templater)
+    client_labels: dict[str, str] = field(default_factory=dict)
+    client_annotations: dict[str, str] = field(default_factory=dict)
+    version: int = 0
+
+    # -- building the inventory -------------------------------------------------------------
+
+    def _new_inventory(self) -> Resource:
+        reg = self.registration
+        spec: dict[str, Any] = {}
+        if self.identity.tpm_hash:
+            spec["tpmHash"] = self.identity.tpm_hash
+        else:
+            spec["machineHash"] = self.identity.machine_hash
+        network = _get(reg, "spec", "config", "network")
+        if isinstance(network, dict):
+            net: dict[str, Any] = {"configurator": network.get("configurator") or "none"}
+            if network.get("config") is not None:
+                net["config"] = copy.deepcopy(network["config"])
+            spec["network"] = net
+            if network.get("ipAddresses"):
+                spec["ipAddressPools"] = copy.deepcopy(network["ipAddresses"])
+        template = _get(reg, "spec", "machineName") or ""
+        name = default_machine_name()
+        if template:
+            try:
+                rendered = self.templater.render(template)
+            except ValueNotFound as exc:
+                log.warning("cannot render machineName %r (%s), falling back to %s", template, exc, name)
+            except TemplateError as exc:
+                raise RegistrationFailed(f"cannot decode MachineInventory name {template!r}: {exc}") from None
+            else:
+                name = sanitize_machine_name(rendered)
+                if not name:
+                    raise RegistrationFailed(f"invalid MachineInventory name: {rendered!r}")
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "MachineInventory",
+            "metadata": {
+                "name": name,
+                "namespace": reg["metadata"]["namespace"],
+                "labels": {},
+                "annotations": {},
+            },
+            "spec": spec,
+        }
+
+    def _render_map(self, templates: dict[str, Any], current: dict[str, str], out: dict[str, str]) -> None:
+        for key, template in templates.items():
+            if not isinstance(template, str):
+                continue
+            if is_random_template(template) and key in current:
+                out[key] = current[key]  # sticky random values
+                continue
+            try:
+                value = self.templater.render(template)
+            except ValueNotFound as exc:
+                log.warning("cannot render %s=%r: %s", key, template, exc)
+                continue
+            except TemplateError as exc:
+                raise RegistrationFailed(f"failed to decode {key!r}: {exc}") from None
+            out[key] = value
+
+    def apply(self, inventory: Resource) -> Resource:
+        """Labels and annotations of this registration, applied on the stored (or new) object."""
+        reg = self.registration
+        meta = inventory.setdefault("metadata", {})
+        labels: dict[str, str] = dict(meta.get("labels") or {})
+        annotations: dict[str, str] = dict(meta.get("annotations") or {})
+        prefix = label_prefix(reg)
+
+        for key, value in self.client_annotations.items():
+            full = prefix + _html_escape(key)
+            if valid_label_key(full):
+                annotations[full] = _html_escape(value)
+            else:
+                log.warning("skipping invalid annotation key %r", full)
+        # Elemental looks for this exact key whatever the prefix (its issue #1023): set both.
+        if self.client_annotations.get("os.unmanaged") == "true":
+            annotations[UNMANAGED] = "true"
+
+        for key, template in self.client_labels.items():
+            full = prefix + key
+            if not valid_label_key(full):
+                log.warning("skipping invalid label key %r", full)
+                continue
+            if is_random_template(template) and full in labels:
+                continue
+            try:
+                value = sanitize_label_value(self.templater.render(template))
+            except TemplateError as exc:
+                log.warning("cannot render client label %s=%r: %s", key, template, exc)
+                continue
+            labels[full] = value
+
+        # Registration labels come last: they override client labels with the same key.
+        rendered: dict[str, str] = {}
+        self._render_map(_get(reg, "spec", "machineInventoryLabels") or {}, labels, rendered)
+        for key, value in rendered.items():
+            clean = sanitize_label_value(value)
+            if not valid_label_key(key) or not clean:
+                log.warning("skipping label %r: invalid key or empty value %r", key, value)
+                continue
+            labels[key] = clean
+        rendered = {}
+        self._render_map(_get(reg, "spec", "machineInventoryAnnotations") or {}, annotations, rendered)
+        annotations.update(rendered)
+        if _get(reg, "spec", "config", "elemental", "reset", "enabled"):
+            annotations[RESETTABLE] = "true"
+
+        meta["labels"] = labels
+        meta["annotations"] = annotations
+        return inventory
+
+    def commit(self) -> Resource:
+        """Create or update the inventory (blocking store calls: run in a worker thread)."""
+        store = self.ctx.store
+        if self.existing is None:
+            inventory = self.apply(self._new_inventory())
+            try:
+                return store.create(inventory)
+            except AlreadyExists:
+                name = inventory["metadata"]["name"]
+                raise RegistrationFailed(f"MachineInventory {name} already exists") from None
+            except ValidationError as exc:
+                raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
+            except Conflict:
+                # The hash index refused it: another session registered this machine meanwhile.
+                raise RegistrationFailed("a MachineInventory for this machine already exists") from None
+        for _ in range(COMMIT_RETRIES):
+            current = self.identity.find(self.ctx)
+            if current is None:
+                raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND)
+            try:
+                return store.update(self.apply(copy.deepcopy(current)))
+            except Conflict:
+                continue  # concurrent writer (controller): re-read and re-apply
+            except NotFound:
+                raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND) from None
+            except ValidationError as exc:
+                raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
+        raise RegistrationFailed("MachineInventory is being modified concurrently, retry later")
+
+    def config(self, inventory: Resource) -> dict[str, Any]:
+        """Config YAML returned on Get (Go's writeMachineInventoryCloudConfig)."""
+        reg = self.registration
+        elemental = _get(reg, "spec", "config", "elemental") or {}
+        meta = inventory["metadata"]
+        out: dict[str, Any] = {
+            "elemental": {
+                "install": copy.deepcopy(elemental.get("install") or {}),
+                "reset": copy.deepcopy(elemental.get("reset") or {}),
+                "registration": client_registration_config(reg, self.ctx),
+                "system-agent": {
+                    "url": self.ctx.public_url,
+                    "token": self.ctx.agent_token(inventory),
+                    "secret-name": meta["name"],
+                    "secret-namespace": meta["namespace"],
+                    "strictTLSMode": True,
+                },
+            },
+        }
+        cloud_config = _get(reg, "spec", "config", "cloud-config")
+        if cloud_config:
+            out["cloud-config"] = copy.deepcopy(cloud_config)
+        network = _get(inventory, "spec", "network")
+        if self.version >= P.MsgType.NETWORK_CONFIG and isinstance(network, dict):
+            if (network.get("configurator") or "none") != "none":
+                # Elemental appends this as a second YAML map to the same document; a key is cleaner.
+                out["network"] = {
+                    "configurator": network.get("configurator"),
+                    "ipAddresses": copy.deepcopy(network.get("ipAddresses") or {}),
+                    "config": copy.deepcopy(network.get("config") or {}),
+                }
+        return out
+
+
+async def _store(fn: Any, *args: Any) -> Any:
+    # The store is synchronous (SQLAlchemy); keep the event loop free for other machines.
+    return await asyncio.to_thread(fn, *args)
+
+
+async def _send_error(ch: P.ServerChannel, version: int, message: str) -> None:
+    # Clients older than protocol 8 do not know Error frames (Go's writeError skips them).
+    if version and version < P.MsgType.ERROR:
+        return
+    try:
+        await ch.write(P.MsgType.ERROR, P.encode_error(message))
+    except Exception:
+        pass  # the peer is gone or the deadline passed: nothing left to tell
+
+
+async def _authenticate(
+    ch: P.ServerChannel, authorization: str | None, registration: Resource, ctx: OperatorContext
+) -> _Identity | None:
+    """Run the auth exchange; None when the header carried no auth (answered already)."""
+    try:
+        auth = P.parse_authorization(authorization)
+    except P.ProtocolError as exc:
+        log.warning("registration: malformed authorization header: %s", exc)
+        raise RegistrationFailed("authentication failure") from None
+    if auth is None:
+        if authorization:
+            raise RegistrationFailed("unrecognized authentication method")
+        # No credentials: like Elemental, answer with the unauthenticated registration file.
+        await ch.send_raw(P.encode_yaml(registration_file(registration, ctx)))
+        return None
+
+    method = (_get(registration, "spec", "config", "elemental", "registration", "auth") or "tpm").lower()
+    if isinstance(auth, P.PlainAuth):
+        # PLAIN identities are guessable: only accept them where the registration asks for them
+        # (Elemental accepted them on any registration).
+        if method not in ("mac", "sys-uuid"):
+            raise RegistrationFailed("authentication failure")
+        return _Identity(auth="plain", machine_hash=hashlib.sha256(auth.identifier.encode()).hexdigest())
+
+    try:
+        ek = attestation.parse_ek(auth.ek_pem)
+        if ctx.tpm_ca_pem:
+            attestation.verify_ek_certificate(ek, ctx.tpm_ca_pem)
+        ak_name = attestation.check_ak_parameters(auth.ak)
+        challenge = attestation.make_challenge(ek, ak_name)
+    except attestation.AttestationError as exc:
+        log.warning("registration: TPM attestation refused: %s", exc)
+        raise RegistrationFailed("authentication failure") from None
+    await ch.send_raw(P.encode_challenge(challenge.credential, challenge.encrypted_secret))
+    answer = P.decode_challenge_response(await ch.recv_raw())
+    if not attestation.verify_answer(challenge, answer):
+        log.warning("registration: wrong activation answer for TPM hash %s", ek.tpm_hash)
+        raise RegistrationFailed("authentication failure")
+    return _Identity(auth="tpm", tpm_hash=ek.tpm_hash)
+
+
+async def serve_registration(
+    conn: P.FrameConn,
+    authorization: str | None,
+    registration: Resource,
+    ctx: OperatorContext,
+    remote_ip: str,
+) -> None:
+    """One registration websocket session (Elemental's apiRegistration + serveLoop)."""
+    ch = P.ServerChannel(conn)
+    session: _Session | None = None
+    try:
+        identity = await _authenticate(ch, authorization, registration, ctx)
+        if identity is None:
+            return
+        existing = await _store(identity.find, ctx)
+        session = _Session(registration=registration, ctx=ctx, identity=identity, existing=existing)
+        await ch.write(P.MsgType.READY)
+        for _ in range(MAX_MESSAGES):
+            msg_type, payload = await ch.read()
+            reply = P.MsgType.READY
+            reply_payload = b""
+            if msg_type == P.MsgType.VERSION:
+                session.version = P.negotiate_version(payload)
+                reply, reply_payload = P.MsgType.VERSION, P.encode_version(session.version)
+            elif msg_type in (P.MsgType.SMBIOS, P.MsgType.SYSTEM_DATA_V2, P.MsgType.SYSTEM_DATA):
+                session.templater.fill(P.decode_json_object(payload))
+            elif msg_type == P.MsgType.LABELS:
+                session.client_labels.update(P.decode_string_map(payload))
+            elif msg_type == P.MsgType.ANNOTATIONS:
+                session.client_annotations.update(P.decode_string_map(payload))
+            elif msg_type == P.MsgType.UPDATE:
+                if session.existing is None:
+                    log.warning(
+                        "registration from %s: MachineInventory not found but the machine is "
+                        "still running; reprovisioning is needed",
+                        remote_ip,
+                    )
+                    raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND)
+            elif msg_type == P.MsgType.GET:
+                inventory = await _store(session.commit)
+                data = P.encode_yaml(session.config(inventory))
+                if session.version and session.version < P.MsgType.CONFIG:
+                    await ch.send_raw(data)  # pre-1.1.1 clients read raw YAML
+                else:
+                    await ch.write(P.MsgType.CONFIG, data)
+                log.info(
+                    "registration from %s: %s MachineInventory %s/%s",
+                    remote_ip,
+                    "updated" if session.existing else "created",
+                    inventory["metadata"]["namespace"],
+                    inventory["metadata"]["name"],
+                )
+                return
+            else:
+                raise P.ProtocolError(f"got unexpected message: {msg_type.name}")
+            await ch.write(reply, reply_payload)
+        raise P.ProtocolError("too many messages")
+    except RegistrationFailed as exc:
+        await _send_error(ch, session.version if session else 0, str(exc))
+    except P.ProtocolError as exc:
+        log.warning("registration from %s: protocol error: %s", remote_ip, exc)
+        await _send_error(ch, session.version if session else 0, str(exc))
+    except TimeoutError:
+        log.warning("registration from %s: deadline exceeded", remote_ip)
+        await _send_error(ch, session.version if session else 0, "registration deadline exceeded")
+    except RegistrationNotReady as exc:
+        await _send_error(ch, session.version if session else 0, str(exc))
+    except StoreError as exc:
+        log.error("registration from %s: store error: %s", remote_ip, exc)
+        await _send_error(ch, session.version if session else 0, f"cannot store MachineInventory: {exc}")
+    except (ConnectionError, EOFError) as exc:
+        log.info("registration from %s: connection closed: %s", remote_ip, exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a bug must not take the server down, nor leave the peer hanging
+        log.exception("registration from %s: internal error", remote_ip)
+        await _send_error(ch, session.version if session else 0, f"internal error: {type(exc).__name__}")

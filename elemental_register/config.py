@@ -1,0 +1,124 @@
+"""Registration client configuration (``elemental.registration`` of the config YAML)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "/oem/registration/config.yaml"
+DEFAULT_STATE_PATH = "/oem/registration/state.yaml"
+INSTALL_STATE_PATH = "/tmp/registration/state.yaml"
+# --install (with the toolkit) reads the registration from the live medium; PXE boots have no
+# medium and the seed downloads it to /run/elemental first (docs/architecture.md).
+INSTALL_CONFIG_PATHS = (
+    "/run/initramfs/live/registration.yaml",
+    "/run/initramfs/live/livecd-cloud-config.yaml",
+    "/run/elemental/registration.yaml",
+)
+DEFAULT_TCTI = "device:/dev/tpmrm0"
+AUTH_METHODS = ("tpm", "mac", "sys-uuid")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class RegistrationConfig:
+    url: str = ""
+    ca_cert: str = ""
+    emulate_tpm: bool = False
+    emulated_tpm_seed: int = 1
+    no_smbios: bool = False
+    auth: str = "tpm"
+    no_toolkit: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    tpm_tcti: str = DEFAULT_TCTI
+
+    def validate(self) -> None:
+        if not self.url:
+            raise ConfigError(
+                "registration URL is empty (set elemental.registration.url or --registration-url)"
+            )
+        if not self.url.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ConfigError(f"registration URL {self.url!r} is not an http(s) URL")
+        if self.auth not in AUTH_METHODS:
+            raise ConfigError(f"unknown auth method {self.auth!r} (one of {', '.join(AUTH_METHODS)})")
+
+
+_KEYS = {
+    "url": ("url", str),
+    "ca-cert": ("ca_cert", str),
+    "emulate-tpm": ("emulate_tpm", bool),
+    "emulated-tpm-seed": ("emulated_tpm_seed", int),
+    "no-smbios": ("no_smbios", bool),
+    "auth": ("auth", str),
+    "no-toolkit": ("no_toolkit", bool),
+    "tpm-tcti": ("tpm_tcti", str),
+}
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML map")
+    return data
+
+
+def registration_section(data: dict[str, Any]) -> dict[str, Any]:
+    section = (
+        (data.get("elemental") or {}).get("registration") if isinstance(data.get("elemental"), dict) else None
+    )
+    return section if isinstance(section, dict) else {}
+
+
+def apply_registration(cfg: RegistrationConfig, section: dict[str, Any]) -> RegistrationConfig:
+    """Overlay an ``elemental.registration`` map on cfg (unknown keys are ignored, like viper)."""
+    for key, value in section.items():
+        if key == "labels" and isinstance(value, dict):
+            cfg.labels.update({str(k): str(v) for k, v in value.items()})
+            continue
+        spec = _KEYS.get(key)
+        if spec is None or value is None:
+            continue
+        attr, typ = spec
+        try:
+            if typ is bool and isinstance(value, str):
+                converted: Any = value.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                converted = typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"elemental.registration.{key}: invalid value {value!r}") from None
+        setattr(cfg, attr, converted)
+    return cfg
+
+
+def ca_cert_pem(value: str) -> str:
+    """``ca-cert`` may be PEM text or a path to a PEM file (Elemental's getRegistrationCA)."""
+    if not value:
+        return ""
+    if "-----BEGIN" in value:
+        return value
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    raise ConfigError(f"registration CA cert {value!r} is neither PEM nor a readable file")
+
+
+def load_labels_file(path: str) -> dict[str, str]:
+    data = load_yaml(path)
+    # Elemental's local labels file is a flat map; also accept {labels: {...}}.
+    nested = data.get("labels")
+    labels: dict[str, Any] = nested if isinstance(nested, dict) else data
+    return {str(k): str(v) for k, v in labels.items() if not isinstance(v, (dict, list))}
