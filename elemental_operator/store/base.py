@@ -13,6 +13,7 @@ Two backends implement this interface: SQLite (embedded default) and PostgreSQL
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -98,6 +99,33 @@ class Store(abc.ABC):
         timeout: float | None = None,
     ) -> Iterator[WatchEvent]:
         """Yield changes after resourceVersion ``since``; stop after ``timeout`` seconds idle."""
+
+    # Optional extensions; the SQL backends implement them all.
+
+    def current_version(self) -> int:
+        """The newest resourceVersion in the change log (start a watch from here)."""
+        raise NotImplementedError
+
+    def list_with_version(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: Mapping[str, Any] | None = None,
+    ) -> tuple[builtins.list[Resource], int]:
+        """``list`` plus the resourceVersion it reflects (start a watch there)."""
+        return self.list(kind, namespace, label_selector), self.current_version()
+
+    def find_by_token(self, kind: str, token: str) -> builtins.list[Resource]:
+        """MachineRegistrations by status.registrationToken, SeedImages by status.downloadToken."""
+        keys = ("registrationToken", "downloadToken")
+        return [o for o in self.list(kind) if token in [(o.get("status") or {}).get(k) for k in keys]]
+
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew a leader lease for ``ttl`` seconds; False while another holder has it."""
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        return None
 
     @abc.abstractmethod
     def close(self) -> None: ...

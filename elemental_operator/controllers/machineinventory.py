@@ -1,0 +1,283 @@
+"""MachineInventory: plan Secret, plan state, adoption handshake, reset on delete (brief §1.2, §6.3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from elemental_operator.controllers.base import (
+    PLAN_SECRET_TYPE,
+    PLAN_TYPE_ANNOTATION,
+    Controller,
+    Key,
+    add_finalizer,
+    controller_owner,
+    encode_plan,
+    get_condition,
+    has_finalizer,
+    is_deleting,
+    owner_ref,
+    parse_time,
+    plan_checksum,
+    plan_file,
+    remove_finalizer,
+    secret_get,
+    secret_set,
+    set_condition,
+)
+from elemental_operator.store.base import AlreadyExists, NotFound, Resource, WatchEvent
+
+FINALIZER = "machineinventory.elemental.cattle.io"
+RESETTABLE_ANNOTATION = "elemental.cattle.io/resettable"
+UNMANAGED_NAME = "os.unmanaged"
+ADOPTION_TIMEOUT = 5.0
+LOCAL_RESET_PLAN_PATH = "/oem/reset-cloud-config.yaml"
+UNMANAGED_RESET_MARKER = "/var/lib/elemental/.unmanaged_reset"
+
+
+def is_unmanaged(inventory: Resource) -> bool:
+    """The os.unmanaged annotation under whatever labelPrefix the registration used.
+
+    Elemental only looks at ``elemental.cattle.io/os.unmanaged`` (issue #1023), so with
+    ``labelPrefix: "-"`` (key ``os.unmanaged``) or a custom prefix it sends the wrong plan.
+    """
+    for key, value in (inventory["metadata"].get("annotations") or {}).items():
+        if key.rpartition("/")[2] == UNMANAGED_NAME and value == "true":
+            return True
+    return False
+
+
+def reset_plan(inventory: Resource) -> bytes:
+    if is_unmanaged(inventory):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        return encode_plan({"files": [plan_file(UNMANAGED_RESET_MARKER, stamp, "0600")]})
+    cloud_config = {
+        "name": "Elemental Reset",
+        "stages": {
+            "network.after": [
+                {
+                    "if": "[ -f /run/cos/recovery_mode ] || [ -f /run/elemental/recovery_mode ]",
+                    "name": "Runs elemental reset",
+                    "commands": ["systemctl start elemental-register-reset"],
+                }
+            ]
+        },
+    }
+    instructions: list[dict[str, Any]] = []
+    if ((inventory.get("spec") or {}).get("network") or {}).get("configurator", "none") != "none":
+        instructions.append(
+            {
+                "name": "restore first boot config",
+                "command": "elemental-register",
+                "args": ["--debug", "--reset-network"],
+            }
+        )
+    instructions.append(
+        {
+            "name": "configure next boot to recovery mode",
+            "command": "grub2-editenv",
+            "args": ["/oem/grubenv", "set", "next_entry=recovery"],
+        }
+    )
+    # One minute of grace so the agent can report applied-checksum before the reboot.
+    instructions.append({"name": "schedule reboot", "command": "shutdown", "args": ["-r", "+1"]})
+    return encode_plan(
+        {
+            "files": [
+                plan_file(LOCAL_RESET_PLAN_PATH, yaml.safe_dump(cloud_config, sort_keys=False), "0600")
+            ],
+            "instructions": instructions,
+        }
+    )
+
+
+class MachineInventoryController(Controller):
+    kind = "MachineInventory"
+    watches = ("Secret", "MachineInventorySelector")
+    resync = 120.0
+
+    def map_event(self, event: WatchEvent) -> Iterable[Key]:
+        obj = event.object
+        meta = obj["metadata"]
+        if obj["kind"] == "Secret":
+            owner = controller_owner(obj, "MachineInventory")
+            if owner:
+                yield meta["namespace"], owner["name"]
+        elif obj["kind"] == "MachineInventorySelector":
+            ref = (obj.get("status") or {}).get("machineInventoryRef") or {}
+            if ref.get("name"):
+                yield meta["namespace"], ref["name"]
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        try:
+            inv = self.store.get(self.kind, namespace, name)
+        except NotFound:
+            return None
+        if is_deleting(inv):
+            return self._reconcile_delete(inv)
+        if not has_finalizer(inv, FINALIZER):
+            add_finalizer(inv, FINALIZER)
+            inv = self.store.update(inv)
+
+        before = inv.get("status")
+        ready = get_condition(inv, "Ready")
+        if ready is None or ready.get("reason") == "PlanCreationFailure":
+            self._create_plan_secret(inv)
+        requeue = self._network(inv)
+        self._plan_status(inv)
+        adoption = self._adoption(inv)
+        if adoption == "dropped":
+            return 0.0  # ownerReferences changed; re-read the object
+        if inv.get("status") != before:
+            self.store.update_status(inv)
+        return min(
+            (d for d in (requeue, adoption if isinstance(adoption, float) else None) if d is not None),
+            default=None,
+        )
+
+    # -- steps --
+
+    def _create_plan_secret(self, inv: Resource) -> None:
+        meta = inv["metadata"]
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": PLAN_SECRET_TYPE,
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "annotations": {PLAN_TYPE_ANNOTATION: "empty"},
+                "labels": {"elemental.cattle.io/managed": "true"},
+                "ownerReferences": [owner_ref(inv)],
+            },
+        }
+        secret_set(secret, "plan", "{}")
+        try:
+            self.store.create(secret)
+        except AlreadyExists:
+            pass
+        except Exception as exc:
+            set_condition(inv, "Ready", "False", "PlanCreationFailure", f"failed creating plan secret: {exc}")
+            return
+        plan = inv.setdefault("status", {}).setdefault("plan", {})
+        plan["secretRef"] = {"namespace": meta["namespace"], "name": meta["name"]}
+        set_condition(inv, "Ready", "False", "WaitingForPlan", "waiting for plan to be applied")
+
+    def _network(self, inv: Resource) -> float | None:
+        spec = inv.get("spec") or {}
+        pools = spec.get("ipAddressPools") or {}
+        addresses = (spec.get("network") or {}).get("ipAddresses") or {}
+        missing = [p for p in pools if p not in addresses]
+        if not missing:
+            set_condition(inv, "NetworkConfigReady", "True", "ReconcilingNetworkConfig", "")
+            return None
+        # No CAPI IPAM provider here: addresses must be filled into spec.network.ipAddresses by hand.
+        set_condition(
+            inv,
+            "NetworkConfigReady",
+            "False",
+            "WaitingForIPAddress",
+            f"waiting for addresses of pools {', '.join(sorted(missing))} in spec.network.ipAddresses",
+        )
+        return 10.0
+
+    def _plan_status(self, inv: Resource) -> None:
+        meta = inv["metadata"]
+        try:
+            secret = self.store.get("Secret", meta["namespace"], meta["name"])
+        except NotFound:
+            return
+        applied = secret_get(secret, "applied-checksum")
+        failed = secret_get(secret, "failed-checksum")
+        plan = inv.setdefault("status", {}).setdefault("plan", {})
+        plan.setdefault("secretRef", {"namespace": meta["namespace"], "name": meta["name"]})
+        if applied:
+            plan.update(state="Applied", checksum=applied)
+            set_condition(inv, "Ready", "True", "PlanSuccessfullyApplied", "plan successfully applied")
+        elif failed:
+            plan.update(state="Failed", checksum=failed)
+            set_condition(inv, "Ready", "False", "PlanFailure", "failed to apply plan")
+        else:
+            set_condition(inv, "Ready", "False", "WaitingForPlan", "waiting for plan to be applied")
+
+    def _adoption(self, inv: Resource) -> float | str | None:
+        meta = inv["metadata"]
+        owner = controller_owner(inv, "MachineInventorySelector")
+        if owner is None:
+            set_condition(inv, "AdoptionReady", "False", "WaitingToBeAdopted", "waiting to be adopted")
+            return None
+        try:
+            selector = self.store.get("MachineInventorySelector", meta["namespace"], owner["name"])
+        except NotFound:
+            selector = None
+        ref = ((selector or {}).get("status") or {}).get("machineInventoryRef") or {}
+        if (
+            selector is not None
+            and selector["metadata"]["uid"] == owner["uid"]
+            and ref.get("name") == meta["name"]
+        ):
+            set_condition(inv, "AdoptionReady", "True", "SuccessfullyAdopted", "")
+            return None
+        cond = get_condition(inv, "AdoptionReady")
+        if cond is None or cond.get("reason") != "ValidatingAdoption":
+            set_condition(inv, "AdoptionReady", "Unknown", "ValidatingAdoption", "validating adoption")
+            return 1.0
+        started = parse_time(cond.get("lastTransitionTime")) or time.time()
+        if time.time() - started < ADOPTION_TIMEOUT:
+            return 1.0
+        # The selector never confirmed: drop its ownerReference so another selector can adopt.
+        inv["metadata"]["ownerReferences"] = [
+            r for r in meta.get("ownerReferences") or [] if r.get("uid") != owner["uid"]
+        ]
+        status = inv.get("status")
+        inv = self.store.update(inv)
+        inv["status"] = status
+        set_condition(
+            inv, "AdoptionReady", "False", "AdoptionFailure", "selector did not confirm adoption in time"
+        )
+        self.store.update_status(inv)
+        return "dropped"
+
+    def _reconcile_delete(self, inv: Resource) -> float | None:
+        if not has_finalizer(inv, FINALIZER):
+            return None
+        meta = inv["metadata"]
+        annotations = meta.get("annotations") or {}
+        if annotations.get(RESETTABLE_ANNOTATION) != "true":
+            remove_finalizer(inv, FINALIZER)
+            self.store.update(inv)
+            return None
+        try:
+            secret = self.store.get("Secret", meta["namespace"], meta["name"])
+        except NotFound:
+            remove_finalizer(inv, FINALIZER)
+            self.store.update(inv)
+            return None
+        owner = controller_owner(secret, "MachineInventory")
+        if owner is None or owner["uid"] != meta["uid"]:
+            remove_finalizer(inv, FINALIZER)  # not our plan record: nothing we may reset through it
+            self.store.update(inv)
+            return None
+        if (secret["metadata"].get("annotations") or {}).get(PLAN_TYPE_ANNOTATION) != "reset":
+            plan = reset_plan(inv)
+            checksum = plan_checksum(plan)
+            secret_set(secret, "plan", plan)
+            secret_set(secret, "applied-checksum", "")
+            secret_set(secret, "failed-checksum", "")
+            secret["metadata"]["annotations"] = {PLAN_TYPE_ANNOTATION: "reset"}
+            self.store.update(secret)
+            inv.setdefault("status", {})["plan"] = {
+                "checksum": checksum,
+                "secretRef": {"namespace": meta["namespace"], "name": meta["name"]},
+            }
+            set_condition(inv, "Ready", "False", "WaitingForPlan", "waiting for reset plan to be applied")
+            self.store.update_status(inv)
+            return 5.0
+        if secret_get(secret, "applied-checksum"):
+            remove_finalizer(inv, FINALIZER)
+            self.store.update(inv)  # the store's GC removes the plan Secret with it
+            return None
+        return 5.0

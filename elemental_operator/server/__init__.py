@@ -1,0 +1,1 @@
+"""HTTP(S) server: registration, seed-image downloads, agent plans and the admin REST API."""

@@ -1,0 +1,497 @@
+"""The operator's one HTTP(S) server: registration, seed images, agent plans, admin API.
+
+Store calls are synchronous (SQLAlchemy); handlers run them in worker threads so a slow
+write never stalls the event loop that also carries registration websockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from aiohttp import WSMsgType, web
+
+from elemental_operator.api import KindInfo, ValidationError, kinds
+from elemental_operator.context import OperatorContext
+from elemental_operator.controllers.base import PLAN_TYPE_ANNOTATION, plan_checksum, secret_get, set_condition
+from elemental_operator.controllers.seedimage import ARTIFACT_ANNOTATION
+from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
+from elemental_operator.store.selector import matches, parse_label_selector
+
+log = logging.getLogger("elemental_operator.server")
+
+T = TypeVar("T")
+CTX_KEY = web.AppKey("ctx", OperatorContext)
+ADMIN_KEY = web.AppKey("admin_token", str)
+STATE_KEY = web.AppKey("state_dir", Path)
+
+# Keys the agent may write into its plan Secret (rancher-system-agent's, plus our os-version).
+AGENT_STATUS_KEYS = frozenset(
+    {
+        "applied-checksum",
+        "applied-output",
+        "applied-periodic-output",
+        "failed-checksum",
+        "failed-output",
+        "failure-count",
+        "success-count",
+        "last-apply-time",
+        "probe-statuses",
+        "os-version",
+    }
+)
+
+
+async def _run(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason, "message": message}
+    return web.json_response({**body, "code": code}, status=code)
+
+
+def _error(exc: Exception) -> web.Response:
+    if isinstance(exc, ValidationError):
+        return _status(422, "Invalid", str(exc))
+    if isinstance(exc, NotFound):
+        return _status(404, "NotFound", str(exc))
+    if isinstance(exc, AlreadyExists):
+        return _status(409, "AlreadyExists", str(exc))
+    if isinstance(exc, Conflict):
+        return _status(409, "Conflict", str(exc))
+    if type(exc).__name__ == "Gone":
+        return _status(410, "Expired", str(exc))
+    if isinstance(exc, StoreError):
+        return _status(400, "BadRequest", str(exc))
+    log.exception("internal error", exc_info=exc)
+    return _status(500, "InternalError", f"{type(exc).__name__}: {exc}")
+
+
+def _bearer(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
+# ---- registration --------------------------------------------------------------------------
+
+
+class WebSocketConn:
+    """Binary-frame adapter the registration handler talks through (``recv``/``send``)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def recv(self) -> bytes:
+        msg = await self.ws.receive()
+        if msg.type == WSMsgType.BINARY:
+            return bytes(msg.data)
+        if msg.type == WSMsgType.TEXT:
+            return str(msg.data).encode()
+        raise ConnectionError(f"websocket closed ({msg.type.name})")
+
+    async def send(self, data: bytes) -> None:
+        await self.ws.send_bytes(data)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def registration(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX_KEY]
+    token = request.match_info["token"]
+    found = await _run(ctx.store.find_by_token, "MachineRegistration", token)
+    ready = [
+        r
+        for r in found
+        if any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in r.get("status", {}).get("conditions", [])
+        )
+    ]
+    if len(ready) != 1:
+        return web.Response(status=404, text="MachineRegistration not found\n")
+    reg = ready[0]
+    try:
+        from elemental_operator.registration import handler
+    except ImportError as exc:
+        return web.Response(status=503, text=f"registration handler not available: {exc}\n")
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        ws = web.WebSocketResponse(max_msg_size=16 << 20)
+        await ws.prepare(request)
+        conn = WebSocketConn(ws)
+        remote = request.remote or ""
+        try:
+            await handler.serve_registration(conn, request.headers.get("Authorization"), reg, ctx, remote)
+        except Exception:
+            log.exception("registration from %s failed", remote)
+        finally:
+            await ws.close()
+        return ws
+    data = await _run(handler.registration_file, reg, ctx)
+    return web.Response(text=yaml.safe_dump(data, sort_keys=False), content_type="application/yaml")
+
+
+# ---- seed images -----------------------------------------------------------------------------
+
+
+async def seedimage(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX_KEY]
+    token, name = request.match_info["token"], request.match_info["file"]
+    found = await _run(ctx.store.find_by_token, "SeedImage", token)
+    if len(found) != 1:
+        return web.Response(status=404, text="seed image not found\n")
+    si = found[0]
+    conds = (si.get("status") or {}).get("conditions") or []
+    if not conds or any(c.get("status") != "True" for c in conds):
+        return web.Response(status=404, text="seed image not ready\n")
+    artifact = (si["metadata"].get("annotations") or {}).get(ARTIFACT_ANNOTATION, "")
+    digest, _, filename = artifact.partition("/")
+    if not filename or name not in (filename, filename + ".sha256"):
+        return web.Response(status=404, text="no such file\n")
+    path = request.app[STATE_KEY] / "seedimages" / digest / name
+    if not path.is_file():
+        return web.Response(status=404, text="artifact is gone\n")
+    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# ---- agent -----------------------------------------------------------------------------------
+
+
+async def _agent_inventory(request: web.Request) -> Resource | None:
+    token = _bearer(request)
+    if not token:
+        return None
+    return await _run(request.app[CTX_KEY].verify_agent_token, token)
+
+
+async def agent_plan(request: web.Request) -> web.Response:
+    inv = await _agent_inventory(request)
+    if inv is None:
+        return _status(401, "Unauthorized", "invalid agent credentials")
+    meta = inv["metadata"]
+    try:
+        secret = await _run(request.app[CTX_KEY].store.get, "Secret", meta["namespace"], meta["name"])
+    except NotFound:
+        return _status(404, "NotFound", "no plan yet")
+    plan = secret_get(secret, "plan")
+    max_failures = secret_get(secret, "max-failures")
+    return web.json_response(
+        {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "planType": (secret["metadata"].get("annotations") or {}).get(PLAN_TYPE_ANNOTATION, ""),
+            "plan": plan,
+            "checksum": plan_checksum(plan.encode()),
+            # 0 = no limit (rancher-system-agent's default when max-failures is unset)
+            "maxFailures": int(max_failures) if max_failures.strip().isdigit() else 0,
+            "appliedChecksum": secret_get(secret, "applied-checksum"),
+        }
+    )
+
+
+def _merge_plan_status(ctx: OperatorContext, inv: Resource, values: dict[str, str]) -> None:
+    import base64
+
+    meta = inv["metadata"]
+    for _ in range(10):
+        secret = ctx.store.get("Secret", meta["namespace"], meta["name"])
+        data = secret.setdefault("data", {})
+        for key, value in values.items():
+            data[key] = base64.b64encode(value.encode()).decode()
+        try:
+            ctx.store.update(secret)
+            return
+        except Conflict:
+            continue
+    raise Conflict("plan secret kept changing")
+
+
+async def agent_plan_status(request: web.Request) -> web.Response:
+    inv = await _agent_inventory(request)
+    if inv is None:
+        return _status(401, "Unauthorized", "invalid agent credentials")
+    try:
+        body = await request.json()
+    except ValueError:
+        return _status(400, "BadRequest", "body must be JSON")
+    if not isinstance(body, dict):
+        return _status(400, "BadRequest", "body must be a JSON object")
+    unknown = sorted(set(body) - AGENT_STATUS_KEYS)
+    if unknown:
+        return _status(422, "Invalid", f"unknown keys: {', '.join(unknown)}")
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}
+    try:
+        await _run(_merge_plan_status, request.app[CTX_KEY], inv, values)
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response({"status": "ok"})
+
+
+def _reason(stage: str) -> str:
+    words = re.split(r"[^A-Za-z0-9]+", stage)
+    reason = "".join(w[:1].upper() + w[1:] for w in words if w)
+    return reason if reason[:1].isalpha() else "Stage" + reason
+
+
+def _record_progress(ctx: OperatorContext, inv: Resource, stage: str, percent: float, message: str) -> None:
+    meta = inv["metadata"]
+    failed = stage.lower() in ("failed", "failure", "error")
+    status = "False" if failed else ("True" if percent >= 100 else "Unknown")
+    text = f"{stage}: {percent:g}%" + (f" {message}" if message else "")
+    for _ in range(10):
+        cur = ctx.store.get("MachineInventory", meta["namespace"], meta["name"])
+        set_condition(cur, "InstallProgress", status, _reason(stage) or "Unknown", text[:32000])
+        try:
+            ctx.store.update_status(cur)
+            return
+        except Conflict:
+            continue
+    raise Conflict("inventory kept changing")
+
+
+async def agent_progress(request: web.Request) -> web.Response:
+    inv = await _agent_inventory(request)
+    if inv is None:
+        return _status(401, "Unauthorized", "invalid agent credentials")
+    try:
+        body = await request.json()
+        stage = str(body["stage"])
+        percent = float(body.get("percent") or 0)
+        message = str(body.get("message") or "")
+    except (ValueError, KeyError, TypeError):
+        return _status(400, "BadRequest", 'body must be JSON {"stage", "percent", "message"}')
+    try:
+        await _run(_record_progress, request.app[CTX_KEY], inv, stage, percent, message)
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response({"status": "ok"})
+
+
+# ---- admin REST API --------------------------------------------------------------------------
+
+
+def _kind_for(plural: str) -> KindInfo:
+    for info in kinds().values():
+        if info.plural == plural:
+            return info
+    raise web.HTTPNotFound(text=json.dumps({"kind": "Status", "message": f"unknown resource {plural}"}))
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    if request.path.startswith("/elemental/admin/"):
+        token = _bearer(request)
+        if not token or not hmac.compare_digest(token.encode(), request.app[ADMIN_KEY].encode()):
+            return _status(401, "Unauthorized", "admin bearer token required")
+    result: web.StreamResponse = await handler(request)
+    return result
+
+
+def _list_object(info: KindInfo, items: list[Resource], rv: int) -> dict[str, Any]:
+    return {
+        "apiVersion": info.api_version,
+        "kind": info.kind + "List",
+        "metadata": {"resourceVersion": str(rv)},
+        "items": items,
+    }
+
+
+async def admin_discovery(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "resources": [
+                {
+                    "kind": i.kind,
+                    "apiVersion": i.api_version,
+                    "plural": i.plural,
+                    "singular": i.singular,
+                    "shortNames": list(i.short_names),
+                    "namespaced": i.namespaced,
+                    "printerColumns": i.printer_columns,
+                }
+                for i in kinds().values()
+            ]
+        }
+    )
+
+
+async def admin_list(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX_KEY]
+    info = _kind_for(request.match_info["plural"])
+    ns = request.match_info.get("namespace")
+    try:
+        selector = parse_label_selector(request.query.get("labelSelector", ""))
+        if request.query.get("watch") in ("1", "true"):
+            return await _admin_watch(request, info, ns, selector)
+        items, rv = await _run(ctx.store.list_with_version, info.kind, ns, selector or None)
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response(_list_object(info, items, rv))
+
+
+async def _admin_watch(
+    request: web.Request, info: KindInfo, ns: str | None, selector: dict[str, Any]
+) -> web.StreamResponse:
+    """Newline-delimited JSON events ({"type", "object"}), as ``kubectl get -w`` consumes them."""
+    ctx = request.app[CTX_KEY]
+    timeout = float(request.query.get("timeoutSeconds", "0") or 0)
+    since_q = request.query.get("resourceVersion", "")
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    if since_q and since_q != "0":
+        since = int(since_q)
+    else:
+        # Like Kubernetes with resourceVersion unset: current objects first, as ADDED.
+        items, since = await _run(ctx.store.list_with_version, info.kind, ns, selector or None)
+        for obj in items:
+            await resp.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout else None
+
+    def batch(after: int) -> list[Any]:
+        out = []
+        for ev in ctx.store.watch((info.kind,), since=after, timeout=0):
+            out.append(ev)
+            if len(out) >= 500:
+                break
+        return out
+
+    try:
+        while deadline is None or loop.time() < deadline:
+            events = await _run(batch, since)
+            for ev in events:
+                since = ev.resource_version
+                meta = ev.object["metadata"]
+                if ns and meta.get("namespace") != ns:
+                    continue
+                if selector and not matches(selector, meta.get("labels")):
+                    continue
+                await resp.write(json.dumps({"type": ev.type, "object": ev.object}).encode() + b"\n")
+            if not events:
+                await asyncio.sleep(0.2)
+    except (ConnectionResetError, asyncio.CancelledError):
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+async def _body(request: web.Request) -> Any:
+    text = await request.text()
+    return yaml.safe_load(text) if text.strip() else None
+
+
+async def admin_create(request: web.Request) -> web.Response:
+    ctx = request.app[CTX_KEY]
+    info = _kind_for(request.match_info["plural"])
+    try:
+        obj = await _body(request)
+        if not isinstance(obj, dict):
+            raise ValidationError("body must be an object")
+        obj.setdefault("apiVersion", info.api_version)
+        obj.setdefault("kind", info.kind)
+        if obj["kind"] != info.kind:
+            raise ValidationError(f"kind: {obj['kind']} posted to {info.plural}")
+        meta = obj.setdefault("metadata", {})
+        ns = request.match_info.get("namespace")
+        if ns and meta.get("namespace", ns) != ns:
+            raise ValidationError("metadata.namespace: does not match the request path")
+        if ns:
+            meta["namespace"] = ns
+        created = await _run(ctx.store.create, obj)
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response(created, status=201)
+
+
+async def admin_get(request: web.Request) -> web.Response:
+    ctx = request.app[CTX_KEY]
+    info = _kind_for(request.match_info["plural"])
+    try:
+        obj = await _run(
+            ctx.store.get, info.kind, request.match_info.get("namespace", ""), request.match_info["name"]
+        )
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response(obj)
+
+
+async def admin_update(request: web.Request) -> web.Response:
+    ctx = request.app[CTX_KEY]
+    info = _kind_for(request.match_info["plural"])
+    status_only = request.path.endswith("/status")
+    try:
+        obj = await _body(request)
+        if not isinstance(obj, dict):
+            raise ValidationError("body must be an object")
+        obj.setdefault("apiVersion", info.api_version)
+        obj.setdefault("kind", info.kind)
+        meta = obj.setdefault("metadata", {})
+        if meta.get("name", request.match_info["name"]) != request.match_info["name"]:
+            raise ValidationError("metadata.name: does not match the request path")
+        meta["name"] = request.match_info["name"]
+        if request.match_info.get("namespace"):
+            meta["namespace"] = request.match_info["namespace"]
+        fn = ctx.store.update_status if status_only else ctx.store.update
+        out = await _run(fn, obj)
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response(out)
+
+
+async def admin_delete(request: web.Request) -> web.Response:
+    ctx = request.app[CTX_KEY]
+    info = _kind_for(request.match_info["plural"])
+    try:
+        out = await _run(
+            ctx.store.delete, info.kind, request.match_info.get("namespace", ""), request.match_info["name"]
+        )
+    except Exception as exc:
+        return _error(exc)
+    if out is None:
+        return web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200})
+    return web.json_response(out, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def unknown_api(request: web.Request) -> web.Response:
+    # Elemental answers unknown /elemental/{api} with 400.
+    return web.Response(status=400, text=f"unknown API {request.match_info.get('api', '')}\n")
+
+
+def make_app(ctx: OperatorContext, admin_token: str, state_dir: Path) -> web.Application:
+    app = web.Application(middlewares=[admin_auth], client_max_size=64 << 20)
+    app[CTX_KEY] = ctx
+    app[ADMIN_KEY] = admin_token
+    app[STATE_KEY] = Path(state_dir)
+    admin = "/elemental/admin/v1"
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/elemental/registration/{token}", registration),
+            web.get("/elemental/seedimage/{token}/{file}", seedimage),
+            web.get("/elemental/agent/v1/plan", agent_plan),
+            web.post("/elemental/agent/v1/plan/status", agent_plan_status),
+            web.post("/elemental/agent/v1/progress", agent_progress),
+            web.get(admin, admin_discovery),
+            web.get(admin + "/{plural}", admin_list),
+            web.get(admin + "/namespaces/{namespace}/{plural}", admin_list),
+            web.post(admin + "/namespaces/{namespace}/{plural}", admin_create),
+            web.get(admin + "/namespaces/{namespace}/{plural}/{name}", admin_get),
+            web.put(admin + "/namespaces/{namespace}/{plural}/{name}", admin_update),
+            web.put(admin + "/namespaces/{namespace}/{plural}/{name}/status", admin_update),
+            web.delete(admin + "/namespaces/{namespace}/{plural}/{name}", admin_delete),
+            web.route("*", "/elemental/{api}/{tail:.*}", unknown_api),
+        ]
+    )
+    return app
