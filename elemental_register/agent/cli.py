@@ -1,0 +1,54 @@
+"""`elemental-system-agent [sentinel] [--once]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from elemental_register.agent.agent import Agent, wait_for_config, wait_for_connection
+from elemental_register.agent.client import OperatorClient
+from elemental_register.agent.config import AgentConfig
+from elemental_register.run import Die, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="elemental-system-agent", description="Apply the operator's plans to this machine"
+    )
+    ap.add_argument(
+        "mode",
+        nargs="?",
+        default="sentinel",
+        choices=["sentinel"],
+        help="run as a service (rancher-system-agent's verb, accepted for compatibility)",
+    )
+    ap.add_argument(
+        "--config",
+        help="agent config (default $CATTLE_AGENT_CONFIG or /etc/rancher/elemental/agent/config.yaml)",
+    )
+    ap.add_argument("--once", action="store_true", help="one poll/apply/report, then exit")
+    ap.add_argument("-d", "--debug", action="store_true")
+    args = ap.parse_args(argv)
+    setup_logging(args.debug)
+    try:
+        from pathlib import Path
+
+        cfg_path = Path(args.config) if args.config else None
+        wait_for_config(cfg_path)
+        cfg = AgentConfig.load(cfg_path)
+        conn = wait_for_connection(cfg)
+        agent = Agent(cfg, OperatorClient(conn, strict=cfg.strict_verify))
+        if args.once:
+            agent.step()
+            return 0 if not agent.state.failed_checksum else 1
+        agent.run_forever()
+    except Die as e:
+        print(f"elemental-system-agent: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
