@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -122,7 +123,7 @@ class MachineInventoryController(Controller):
             add_finalizer(inv, FINALIZER)
             inv = self.store.update(inv)
 
-        before = inv.get("status")
+        before = copy.deepcopy(inv.get("status"))
         ready = get_condition(inv, "Ready")
         if ready is None or ready.get("reason") == "PlanCreationFailure":
             self._create_plan_secret(inv)

@@ -14,6 +14,7 @@ selectors); it is stored and validated only.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -119,7 +120,7 @@ class MachineInventorySelectorController(Controller):
             return None
         if is_deleting(sel):
             return None
-        before = sel.get("status")
+        before = copy.deepcopy(sel.get("status"))
         status = sel.setdefault("status", {})
         ref = status.get("machineInventoryRef")
         if not ref:

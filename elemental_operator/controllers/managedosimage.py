@@ -9,6 +9,7 @@ the Ready condition (``UpgradeInProgress`` / ``UpgradeComplete`` / ``UpgradeFail
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,7 +94,7 @@ class ManagedOSImageController(Controller):
         if is_deleting(mos):
             return None
         spec = mos.get("spec") or {}
-        status_before = mos.get("status")
+        status_before = copy.deepcopy(mos.get("status"))
         image, env = spec.get("osImage") or "", []
         version_name = spec.get("managedOSVersionName") or ""
         container = spec.get("upgradeContainer") or {}
