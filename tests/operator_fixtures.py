@@ -126,3 +126,60 @@ def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+class RunningOperator:
+    """The admin/registration/agent server on a loopback port plus a controller thread."""
+
+    def __init__(self, store: SqlStore, state_dir: Path, controllers: bool = True) -> None:
+        import asyncio
+        import threading
+
+        from aiohttp import web
+
+        from elemental_operator.context import OperatorContext
+        from elemental_operator.controllers import Manager, all_controllers
+        from elemental_operator.server.app import make_app
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = "admin-" + uuid.uuid4().hex
+        self.state_dir = state_dir
+        self.ctx = OperatorContext(store=store, public_url=self.url, secret_key=b"s" * 32)
+        cmd = f"sh -c 'cp {{registration}} {{output}}'"
+        self.manager = Manager(self.ctx, all_controllers(self.ctx, state_dir, seedimage_command=cmd))
+        if controllers:
+            self.manager.start(leader_election=False)
+        self.loop = asyncio.new_event_loop()
+        app = make_app(self.ctx, self.token, state_dir)
+        self.runner = web.AppRunner(app)
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+            self.loop.run_until_complete(site.start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.manager.stop()
+
+
+@pytest.fixture
+def operator(store: SqlStore, tmp_path: Path) -> Iterator[RunningOperator]:
+    op = RunningOperator(store, tmp_path / "state")
+    try:
+        yield op
+    finally:
+        op.stop()

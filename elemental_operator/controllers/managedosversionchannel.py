@@ -59,6 +59,15 @@ def parse_go_duration(text: str) -> float:
     return total
 
 
+def _timeout(value: Any) -> float:
+    """options.timeout: seconds as a number, or a Go duration string ("30s", "1m")."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    if isinstance(value, str) and value:
+        return parse_go_duration(value) or 30.0
+    return 30.0
+
+
 def with_registry(registry: str, ref: str) -> str:
     if not registry or not ref:
         return ref
@@ -125,7 +134,7 @@ class ManagedOSVersionChannelController(Controller):
             )
             return self._save(ch, before, None)
         try:
-            entries = fetch_versions(uri, float(options.get("timeout") or 30))
+            entries = fetch_versions(uri, _timeout(options.get("timeout")))
             self._apply(ch, spec, entries)
         except Exception as exc:
             failures += 1
