@@ -146,7 +146,7 @@ class RunningOperator:
         self.token = "admin-" + uuid.uuid4().hex
         self.state_dir = state_dir
         self.ctx = OperatorContext(store=store, public_url=self.url, secret_key=b"s" * 32)
-        cmd = f"sh -c 'cp {{registration}} {{output}}'"
+        cmd = "sh -c 'cp {registration} {output}'"
         self.manager = Manager(self.ctx, all_controllers(self.ctx, state_dir, seedimage_command=cmd))
         if controllers:
             self.manager.start(leader_election=False)
