@@ -346,6 +346,8 @@ def cmd_delete(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
             client.call("DELETE", _item(info, ns, name))
             out.write(f'{info.singular} "{name}" deleted\n')
         except CtlError as exc:
+            if args.ignore_not_found and "(404)" in str(exc):
+                continue
             sys.stderr.write(f"{exc}\n")
             rc = 1
     return rc
@@ -433,6 +435,7 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("type", nargs="?")
     x.add_argument("names", nargs="*")
     x.add_argument("-f", "--filename")
+    x.add_argument("--ignore-not-found", action="store_true")
     e = sub.add_parser("edit", help="edit a resource in $EDITOR")
     common(e)
     e.add_argument("type")
