@@ -184,7 +184,9 @@ async def _serve(args: argparse.Namespace) -> int:
         ctrls = all_controllers(
             ctx, state, args.seedimage_command, Path(args.seedimage_base) if args.seedimage_base else None
         )
-        manager = Manager(ctx, ctrls, identity=f"{socket.gethostname()}-{os.getpid()}")
+        manager = Manager(
+            ctx, ctrls, identity=f"{socket.gethostname()}-{os.getpid()}", lease_ttl=args.lease_ttl
+        )
         manager.start(leader_election=True)
 
     app = make_app(ctx, admin_token, state)
@@ -257,6 +259,12 @@ def _add_serve(sub: Any) -> None:
         "--seedimage-base",
         default=_env("seedimage-base"),
         help="directory with the mkosi outputs seed images are packed from (default $OUT or ./out)",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=float(_env("lease-ttl", "15") or 15),
+        help="seconds a replica keeps the controller lease without renewing it",
     )
     p.add_argument("--access-log", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", default=bool(_env("verbose")))
