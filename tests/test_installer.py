@@ -269,3 +269,38 @@ def test_build_disk(tmp_path: Path, image: str) -> None:
     assert len(table) == 6
     assert out.stat().st_size == 4 * GiB
     assert not (tmp_path / "os.raw.part").exists()
+
+
+@needs_root
+def test_corrupt_layer_is_refused_before_the_disk(tmp_path: Path, image: str) -> None:
+    layout = Path(image.split(":")[1])
+    broken = tmp_path / "corrupt"
+    shutil.copytree(layout, broken)
+    man = json.loads((broken / "index.json").read_text())["manifests"][0]["digest"].split(":")[1]
+    layer = json.loads((broken / "blobs/sha256" / man).read_text())["layers"][0]["digest"].split(":")[1]
+    data = bytearray((broken / "blobs/sha256" / layer).read_bytes())
+    data[-20] ^= 0xFF  # same size, different bytes (inside the gzip trailer/stream)
+    (broken / "blobs/sha256" / layer).write_bytes(bytes(data))
+    with loop_disk(tmp_path / "d.raw", 6 * GiB) as dev:
+        before = _digest(tmp_path / "d.raw")
+        with pytest.raises(Die, match="digest|unpacking layer|Error"):
+            core.install(reg_config(dev, f"oci:{broken}:1.0.0"))
+        assert _digest(tmp_path / "d.raw") == before
+
+
+@needs_root
+def test_layers_and_whiteouts(tmp_path: Path) -> None:
+    root = make_rootfs(tmp_path / "rootfs", "1.0.0")
+    system = make_oci(tmp_path / "layout", "1.0.0", root, tmp_path)
+    # second layer: delete a file and replace a directory's content (umoci writes whiteouts)
+    bundle = tmp_path / "b2"
+    run(["umoci", "unpack", "--image", f"{tmp_path}/layout:1.0.0", str(bundle)])
+    (bundle / "rootfs/var/lib/demo/seed.txt").unlink()
+    (bundle / "rootfs/etc/new.conf").write_text("new\n")
+    run(["umoci", "repack", "--image", f"{tmp_path}/layout:1.0.0", str(bundle)])
+    src = source.check(source.parse(system))
+    out = source.unpack(src, tmp_path / "work")
+    assert not (out / "var/lib/demo/seed.txt").exists()
+    assert (out / "etc/new.conf").read_text() == "new\n"
+    assert (out / "usr/lib/os-release").is_file()
+    assert not list(out.rglob(".wh.*"))

@@ -31,12 +31,13 @@ class SystemImage:
     """An OS tree turned into what a slot needs: erofs file, kernel/initrd, boot loader."""
 
     rootfs: Path
-    erofs: Path
+    erofs: Path | None  # where the built file system is (a slot device) once written
     size: int
     uki: Uki
     sd_boot: bytes
     os_release: dict[str, str]
     source: str
+    compression: str = "none"
 
     @property
     def version(self) -> str:
@@ -53,7 +54,9 @@ def find_uki(rootfs: Path) -> Path:
     return ukis[-1]  # sorted: the newest version when several exist
 
 
-def prepare_image(src: source.Source, work: Path, compression: str = "lz4") -> SystemImage:
+def prepare_image(src: source.Source, work: Path, compression: str = "none") -> SystemImage:
+    """Unpack the OS; the erofs is built later straight onto the slot (`build_slot`), so the
+    image's bytes are written once. `size` is an upper bound until then."""
     rootfs = source.unpack(src, work)
     uki = Uki(find_uki(rootfs))
     sdb = rootfs / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
@@ -62,30 +65,80 @@ def prepare_image(src: source.Source, work: Path, compression: str = "lz4") -> S
             "the OS image has no systemd-boot (/usr/lib/systemd/boot/efi/systemd-bootx64.efi)",
             "add systemd-boot-efi to the OS image",
         )
-    erofs = work / "system.erofs"
-    cmd = ["mkfs.erofs", "-T0", "--quiet"]  # no -L: erofs-utils 1.5 lacks it; slots go by PARTUUID
-    if compression and compression != "none":
-        cmd.append(f"-z{compression}")
-    run([*cmd, str(erofs), str(rootfs)], hint="mkfs.erofs (erofs-utils) must be installed")
     return SystemImage(
-        rootfs, erofs, erofs.stat().st_size, uki, sdb.read_bytes(), source.os_release(rootfs), str(src)
+        rootfs,
+        None,
+        estimate_erofs(rootfs),
+        uki,
+        sdb.read_bytes(),
+        source.os_release(rootfs),
+        str(src),
+        compression,
     )
 
 
-def copy_blocks(src: Path | str, dst: str, length: int | None = None) -> None:
-    """Copy `length` bytes (all of src by default) onto the start of the block device `dst`."""
-    with open(src, "rb") as fi, open(dst, "r+b") as fo:
-        total = length if length is not None else os.fstat(fi.fileno()).st_size
-        done = 0
-        chunk = 8 * 1024 * 1024
-        while done < total:
-            buf = fi.read(min(chunk, total - done))
-            if not buf:
-                die(f"{src}: short read at {done} of {total} bytes")
-            fo.write(buf)
-            done += len(buf)
-        fo.flush()
-        os.fsync(fo.fileno())
+def estimate_erofs(rootfs: Path) -> int:
+    """Upper bound of an uncompressed erofs of `rootfs`: data in 4 KiB blocks + per-inode metadata."""
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(rootfs):
+        for name in filenames + dirnames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            total += (st.st_size + 4095) // 4096 * 4096 + 256 + len(name)
+    return total + 4 * 1024 * 1024
+
+
+def build_slot(image: SystemImage, dev: str) -> int:
+    """mkfs.erofs of the unpacked OS directly onto `dev`; returns the file system's size."""
+    cmd = ["mkfs.erofs", "-T0", "--quiet"]  # no -L: erofs-utils 1.5 lacks it; slots go by PARTUUID
+    if image.compression and image.compression != "none":
+        cmd.append(f"-z{image.compression}")
+    run([*cmd, dev, str(image.rootfs)], hint="mkfs.erofs (erofs-utils) must be installed")
+    image.size = erofs_size(dev)
+    image.erofs = Path(dev)
+    return image.size
+
+
+def copy_blocks(src: Path | str, dst: str, length: int | None = None, also: str | None = None) -> None:
+    """Copy `length` bytes (all of src by default) onto the start of `dst` (and of `also`)."""
+    outs = [open(d, "r+b") for d in ([dst, also] if also else [dst])]
+    try:
+        with open(src, "rb") as fi:
+            total = length if length is not None else os.fstat(fi.fileno()).st_size
+            done = 0
+            while done < total:
+                buf = fi.read(min(8 << 20, total - done))
+                if not buf:
+                    die(f"{src}: short read at {done} of {total} bytes")
+                for fo in outs:
+                    fo.write(buf)
+                done += len(buf)
+        for fo in outs:
+            fo.flush()
+            os.fsync(fo.fileno())
+    finally:
+        for fo in outs:
+            fo.close()
+
+
+def _on_tmpfs(path: Path) -> bool:
+    try:
+        return _fstype(path) == "tmpfs"
+    except OSError:
+        return False
+
+
+def _fstype(path: Path) -> str:
+    best, fstype = "", ""
+    real = os.path.realpath(path)
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        parts = line.split()
+        mnt = parts[1]
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best, fstype = mnt, parts[2]
+    return fstype
 
 
 def mounts_for(layout: disk.Layout, *, recovery: bool = False) -> dict[str, str]:
@@ -182,7 +235,7 @@ def install(
     src = source.check(source.parse(inst.get("system-uri")))
     with tempfile.TemporaryDirectory(prefix="elemental-install-", dir=workdir) as tmp:
         progress("unpacking the OS image", 5)
-        image = prepare_image(src, Path(tmp), str(inst.get("compression", "lz4")))
+        image = prepare_image(src, Path(tmp), str(inst.get("compression", "none")))
         if inst.get("no-format"):
             layout = _existing_layout(target, image)
         else:
@@ -224,10 +277,17 @@ def deploy(
     for role in ("a", "recovery"):
         if layout.part(role).size and image.size > layout.part(role).size:
             die(f"the OS image ({image.size >> 20} MiB) does not fit the {role} partition")
-    progress("writing system slot A", 50)
-    copy_blocks(image.erofs, layout.part("a").device)
-    progress("writing recovery", 65)
-    copy_blocks(image.erofs, layout.part("recovery").device)
+    progress("writing system slot A and recovery", 50)
+    if _on_tmpfs(tmp):
+        # build in RAM, then one read feeds both partitions: the disk sees only the two writes
+        f = tmp / "system.erofs"
+        build_slot(image, str(f))
+        copy_blocks(f, layout.part("a").device, image.size, also=layout.part("recovery").device)
+        f.unlink()
+        image.erofs = Path(layout.part("a").device)
+    else:
+        size = build_slot(image, layout.part("a").device)
+        copy_blocks(layout.part("a").device, layout.part("recovery").device, size)
     run(["wipefs", "--all", "--quiet", layout.part("b").device], check=False)
     progress("formatting persistent", 75)
     var = image.rootfs / "var"
@@ -422,7 +482,7 @@ def upgrade(
         # the slot's entry goes first: a cut-off upgrade must never leave a bootable half-written slot
         boot.remove_entries(esp, boot.slot_entry_id(target))
         progress(f"writing system slot {target.upper()}", 40)
-        copy_blocks(image.erofs, dev)
+        build_slot(image, dev)
         gen = int(st.get("generation", 1)) + 1
         progress("installing the boot entry", 85)
         slot_entry(esp, layout, image, target, gen)
@@ -432,7 +492,7 @@ def upgrade(
             if image.size > device_size(rdev):
                 die("the new OS does not fit the recovery partition")
             boot.remove_entries(esp, boot.RECOVERY_ID)
-            copy_blocks(image.erofs, rdev)
+            copy_blocks(dev, rdev, image.size)
             recovery_entry(esp, layout, image)
             st["recovery"] = slot_record(image, 0)
         st["generation"] = gen

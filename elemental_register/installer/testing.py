@@ -83,3 +83,139 @@ def mounted(dev: str, where: Path, *opts: str) -> Iterator[Path]:
         yield where
     finally:
         run(["umount", str(where)], check=False)
+
+
+@contextlib.contextmanager
+def disk_partitions(image: Path) -> Iterator[dict[str, str]]:
+    """{partition name: device} of a disk image attached to a loop device."""
+    from elemental_register.installer import disk
+
+    with loop_disk_existing(image) as dev:
+        yield {p["name"]: p["node"] for p in disk.read_table(dev)}
+
+
+@contextlib.contextmanager
+def loop_disk_existing(path: Path) -> Iterator[str]:
+    dev = run(["losetup", "--find", "--show", "--partscan", str(path)]).stdout.strip()
+    try:
+        run(["partx", "--update", dev], check=False)
+        yield dev
+    finally:
+        run(["losetup", "--detach", dev], check=False)
+
+
+@contextlib.contextmanager
+def esp_dir(dev: str, work: Path) -> Iterator[Path]:
+    """The ESP's files as a directory, written back afterwards, through mtools (the build host's
+    kernel may have no vfat driver)."""
+    d = work / "esp-files"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    names = run(["mdir", "-i", dev, "-b", "::/"]).stdout.split()
+    run(["mcopy", "-s", "-n", "-m", "-i", dev, *names, str(d)])
+    yield d
+    label = run(["blkid", "-o", "value", "-s", "LABEL", dev], check=False).stdout.strip() or "COS_EFI"
+    run(["mkfs.vfat", "-F", "32", "-n", label, dev])
+    run(["mcopy", "-s", "-Q", "-m", "-i", dev, *[str(p) for p in sorted(d.iterdir())], "::/"])
+
+
+def offline_upgrade(image: Path, system: str, booted: str, work: Path) -> str:
+    """Run `elemental upgrade` against a disk image from the host, as if `booted` were running."""
+    from elemental_register.installer import core
+
+    with disk_partitions(image) as parts:
+        with esp_dir(parts["COS_EFI"], work) as esp, mounted(parts["COS_OEM"], work / "oem") as oem_dir:
+            return core.upgrade(system, esp=esp, oem_dir=oem_dir, booted=booted)
+
+
+def esp_entries(image: Path, work: Path) -> list[str]:
+    with disk_partitions(image) as parts:
+        out = run(["mdir", "-i", parts["COS_EFI"], "-b", "::/loader/entries"]).stdout.split()
+    return sorted(Path(p).name for p in out if p.endswith(".conf"))
+
+
+class Vm:
+    """QEMU (TCG: KVM is broken on these hosts) + OVMF booting a raw disk; serial to a log file."""
+
+    def __init__(self, disk: Path, work: Path, mem: str = "2048") -> None:
+        import subprocess
+
+        self.work = work
+        self.log = work / "serial.log"
+        self.log.write_bytes(b"")
+        vars_fd = work / "OVMF_VARS.fd"
+        if not vars_fd.exists():
+            shutil.copy("/usr/share/OVMF/OVMF_VARS_4M.fd", vars_fd)
+        self.monitor = work / "monitor.sock"
+        self.proc = subprocess.Popen(
+            [
+                "qemu-system-x86_64",
+                "-machine",
+                "q35",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+                "-smp",
+                "2",
+                "-m",
+                mem,
+                "-nographic",
+                "-nodefaults",
+                "-serial",
+                f"file:{self.log}",
+                "-drive",
+                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "-drive",
+                f"if=pflash,format=raw,file={vars_fd}",
+                "-drive",
+                f"if=virtio,format=raw,file={disk}",
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+                "-monitor",
+                f"unix:{self.monitor},server,nowait",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def text(self) -> str:
+        return self.log.read_bytes().decode(errors="replace")
+
+    def wait_for(self, *needles: str, timeout: float = 600, start: int = 0) -> str:
+        """Wait until one of `needles` shows on the serial console after offset `start`."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            t = self.text()[start:]
+            for n in needles:
+                if n in t:
+                    return n
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"qemu exited ({self.proc.returncode}); serial tail:\n{self.text()[-3000:]}"
+                )
+            time.sleep(2)
+        raise AssertionError(f"none of {needles} within {timeout}s; serial tail:\n{self.text()[-3000:]}")
+
+    def command(self, cmd: str) -> None:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(self.monitor))
+            s.sendall(cmd.encode() + b"\n")
+
+    def stop(self, timeout: float = 180) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            try:
+                self.command("system_powerdown")
+                self.proc.wait(timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
