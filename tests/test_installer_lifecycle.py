@@ -223,3 +223,18 @@ def test_setup_copies_oem_agent_files(fake_root: Path, tmp_path: Path) -> None:
         fake_root / "etc/rancher/elemental/agent/envs"
     ).read_text() == 'CATTLE_AGENT_STRICT_VERIFY="false"\n'
     assert (fake_root / "etc/hostname").read_text() == "from-oem\n"
+
+
+def test_bless_renames_the_booted_entry(tmp_path: Path) -> None:
+    esp = tmp_path / "esp"
+    (esp / "loader/entries").mkdir(parents=True)
+    (esp / "loader/entries/elemental-b+1-2.conf").write_text("x")
+    efivars = tmp_path / "efivars"
+    efivars.mkdir()
+    value = "\\loader\\entries\\elemental-b+1-2.conf".encode("utf-16-le") + b"\0\0"
+    (efivars / f"LoaderBootCountPath-{core.LOADER_GUID}").write_bytes(b"\x06\0\0\0" + value)
+    absent = tmp_path / "no-systemd-bless-boot"
+    assert core.bless(esp, efivars, Path("/bin/sh")) is None  # systemd's own tool present: defer
+    assert core.bless(esp, efivars, absent) == "elemental-b.conf"
+    assert [p.name for p in (esp / "loader/entries").iterdir()] == ["elemental-b.conf"]
+    assert core.bless(esp, efivars, absent) is None  # already blessed

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("setup", help="boot-time: copy OEM files into place, apply cloud-config")
     sub.add_parser("status", help="print slots and the last upgrade's outcome")
+    sub.add_parser("bless", help="mark the booted counted entry good (when systemd-bless-boot is absent)")
 
     args = ap.parse_args(argv)
     setup_logging(args.debug)
@@ -100,6 +101,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from elemental_register.installer import setup
 
         setup.main()
+    elif args.cmd == "bless":
+        name = core.bless()
+        if name:
+            print(f"blessed {name}")
     elif args.cmd == "status":
         import json
 

@@ -631,3 +631,42 @@ def erofs_size(dev: str) -> int:
     blkszbits = sb[12]
     (blocks,) = struct.unpack_from("<I", sb, 36)
     return int(blocks) << blkszbits
+
+
+# ---------------------------------------------------------------------------------------- blessing
+
+LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+EFIVARS = Path("/sys/firmware/efi/efivars")
+
+
+def read_efi_string(name: str, efivars: Path = EFIVARS) -> str | None:
+    try:
+        raw = (efivars / f"{name}-{LOADER_GUID}").read_bytes()
+    except OSError:
+        return None
+    return raw[4:].decode("utf-16-le", errors="replace").rstrip("\0")  # 4 bytes of attributes first
+
+
+def bless(
+    esp: Path | None = None,
+    efivars: Path = EFIVARS,
+    systemd_bless: Path = Path("/usr/lib/systemd/systemd-bless-boot"),
+) -> str | None:
+    """Mark the booted, counted entry good (what systemd-bless-boot does after boot-complete.target).
+
+    Used only when the OS lacks systemd-bless-boot (Debian ships it in the systemd-boot package);
+    elemental-boot-check.service runs it once the agent is up. Returns the new entry name."""
+    if systemd_bless.exists():
+        return None  # systemd-bless-boot.service does it after boot-complete.target
+    path = read_efi_string("LoaderBootCountPath", efivars)
+    if not path:
+        return None
+    esp = esp or find_esp()
+    current = esp / path.replace("\\", "/").lstrip("/")
+    entry = boot.parse_entry_name(current)
+    if entry is None or entry.tries_left is None or not current.exists():
+        return None
+    good = current.with_name(f"{entry.id}.conf")
+    os.replace(current, good)
+    log.info("blessed %s -> %s", current.name, good.name)
+    return good.name
