@@ -23,11 +23,15 @@ OUT = Path(os.environ.get("OUT", REPO / "out"))
 
 
 def os_image() -> str:
+    if os.environ.get("ELEMENTAL_TEST_OS_IMAGE"):  # e.g. a locally patched image
+        return os.environ["ELEMENTAL_TEST_OS_IMAGE"]
     index = OUT / "os/index.json"
     if not index.is_file():
         pytest.skip(f"no OS image at {OUT}/os (build it with `make os`)")
-    tags = [m.get("annotations", {}).get("org.opencontainers.image.ref.name") for m in
-            json.loads(index.read_text()).get("manifests", [])]
+    tags = [
+        m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+        for m in json.loads(index.read_text()).get("manifests", [])
+    ]
     tags = [t for t in tags if t]
     if not tags:
         pytest.skip(f"{OUT}/os has no tagged manifest")
@@ -47,14 +51,22 @@ def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return raw
 
 
+# systemd-boot prints nothing; the kernel's "Command line:" shows which entry it chose
+BOOT_CHECKED = r"Finished[^\n]*elemental-boot-check"
+
+
 def boot(disk: Path, work: Path, expect_slot: str, timeout: float = 1200) -> str:
     work.mkdir(exist_ok=True)
     vm = Vm(disk, work)
     try:
-        # the kernel prints its command line: proof of which entry systemd-boot chose
         vm.wait_for(f"elemental.slot={expect_slot}", timeout=timeout)
-        vm.wait_for("login:", "Mark the Current Boot Loader Entry as Good", timeout=timeout)
         vm.wait_for("login:", timeout=timeout)
+        # the boot-assessment unit finishes once the agent is up; blessing happens there/after
+        vm.wait_for_re(BOOT_CHECKED, timeout=timeout)
+        vm.wait_for_re(r"Finished[^\n]*(systemd-bless-boot|elemental-boot-check)", timeout=60)
+        import time
+
+        time.sleep(5)
         return vm.text()
     finally:
         vm.stop()
@@ -75,19 +87,17 @@ def test_boot_slot_a_then_fallback_then_upgrade(disk: Path, tmp_path: Path) -> N
         f.write(b"\0" * (4 << 20))
     vm = Vm(disk, tmp_path / "boot2")
     try:
-        for _ in range(3):
-            start = len(vm.text())
-            vm.wait_for("elemental.slot=b", timeout=900, start=start)
-            vm.wait_for("Linux version", "elemental.slot=a", timeout=900, start=start + 10)
-        vm.wait_for("elemental.slot=a", timeout=900)
+        vm.wait_for("elemental.slot=a", timeout=3600)
         vm.wait_for("login:", timeout=900)
+        tries = vm.text().count("Command line: initrd=\\EFI\\elemental\\b\\initrd")
     finally:
         vm.stop()
+    assert tries == 3, f"slot B was tried {tries} times"
     entries = esp_entries(disk, tmp_path)
     assert "elemental-b+0-3.conf" in entries and "elemental-a.conf" in entries, entries
 
     # 3. a good upgrade into slot B boots B and is blessed
     assert offline_upgrade(disk, system, "a", tmp_path) == "b"
-    log = boot(disk, tmp_path / "boot3", "b")
+    boot(disk, tmp_path / "boot3", "b")
     entries = esp_entries(disk, tmp_path)
     assert "elemental-b.conf" in entries and "elemental-a.conf" in entries, entries

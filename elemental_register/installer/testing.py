@@ -207,6 +207,23 @@ class Vm:
             time.sleep(2)
         raise AssertionError(f"none of {needles} within {timeout}s; serial tail:\n{self.text()[-3000:]}")
 
+    def wait_for_re(self, pattern: str, timeout: float = 600, start: int = 0) -> str:
+        import re
+        import time
+
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = rx.search(self.text()[start:])
+            if m:
+                return m.group(0)
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"qemu exited ({self.proc.returncode}); serial tail:\n{self.text()[-3000:]}"
+                )
+            time.sleep(2)
+        raise AssertionError(f"{pattern!r} not seen within {timeout}s; serial tail:\n{self.text()[-3000:]}")
+
     def command(self, cmd: str) -> None:
         import socket
 
