@@ -183,6 +183,8 @@ def test_install_on_loop_disk(tmp_path: Path, image: str) -> None:
             "console=ttyS0,115200" in entry_a and "root=PARTUUID=dead" not in entry_a and " rw" not in entry_a
         )
         assert "sort-key elemental\nversion 1\n" in entry_a
+        mid = table["COS_PERSISTENT"]["uuid"].lower().replace("-", "")
+        assert f"systemd.machine_id={mid}" in entry_a
         rec = run(["mtype", "-i", esp, "::/loader/entries/elemental-recovery.conf"]).stdout
         assert "elemental.mode=recovery" in rec and ":/var:" not in rec
         kernel = run(["mtype", "-i", esp, "::/EFI/elemental/a/linux"]).stdout

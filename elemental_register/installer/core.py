@@ -169,9 +169,17 @@ def layout_from_state(st: dict[str, Any]) -> disk.Layout:
     return disk.Layout([disk.Part(r, labels[r], 0, uuid=parts[r]) for r in labels])
 
 
+def machine_id(layout: disk.Layout) -> str:
+    """/etc is ephemeral, so the machine id comes from the command line: the persistent
+    partition's UUID, stable across upgrades (journal directories in /var/log/journal stay)."""
+    return "systemd.machine_id=" + layout.part("persistent").uuid.replace("-", "").lower()
+
+
 def slot_entry(esp: Path, layout: disk.Layout, image: SystemImage, slot: str, generation: int) -> None:
     kdir = boot.write_kernel(esp, slot, image.uki)
-    opts = boot.kernel_options(image.uki, layout.part(slot).uuid, slot, mounts_for(layout))
+    opts = boot.kernel_options(
+        image.uki, layout.part(slot).uuid, slot, mounts_for(layout), extra=machine_id(layout)
+    )
     title = f"{image.os_release.get('PRETTY_NAME', 'Elemental OS')} {image.version} (slot {slot.upper()})"
     boot.write_entry(
         esp,
@@ -189,6 +197,7 @@ def recovery_entry(esp: Path, layout: disk.Layout, image: SystemImage) -> None:
         "recovery",
         mounts_for(layout, recovery=True),
         mode="recovery",
+        extra=machine_id(layout),
     )
     boot.write_entry(
         esp,
