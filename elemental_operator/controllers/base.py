@@ -168,7 +168,9 @@ class Controller:
     kind: ClassVar[str]
     # Other kinds whose changes may affect objects of ``kind`` (see ``map_event``).
     watches: ClassVar[tuple[str, ...]] = ()
-    resync: ClassVar[float] = 300.0
+    # The change-log watch does not drop events, so resync is only a safety net (time-based work
+    # uses the requeue delay a reconcile returns).
+    resync: ClassVar[float] = 600.0
 
     def __init__(self, ctx: OperatorContext) -> None:
         self.ctx = ctx

@@ -98,7 +98,7 @@ def reset_plan(inventory: Resource) -> bytes:
 class MachineInventoryController(Controller):
     kind = "MachineInventory"
     watches = ("Secret", "MachineInventorySelector")
-    resync = 120.0
+    resync = 600.0
 
     def map_event(self, event: WatchEvent) -> Iterable[Key]:
         obj = event.object

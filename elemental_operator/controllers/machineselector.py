@@ -97,7 +97,7 @@ def bootstrap_plan(script: bytes, inventory: Resource) -> bytes:
 class MachineInventorySelectorController(Controller):
     kind = "MachineInventorySelector"
     watches = ("MachineInventory",)
-    resync = 120.0
+    resync = 600.0
 
     def map_event(self, event: WatchEvent) -> Iterable[Key]:
         inv = event.object

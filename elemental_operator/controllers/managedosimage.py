@@ -68,7 +68,7 @@ def upgrade_plan(image: str, cloud_config: dict[str, Any] | None, env: list[str]
 class ManagedOSImageController(Controller):
     kind = "ManagedOSImage"
     watches = ("Secret", "MachineInventory", "ManagedOSVersion")
-    resync = 60.0
+    resync = 300.0
 
     def map_event(self, event: WatchEvent) -> Iterable[Key]:
         obj = event.object

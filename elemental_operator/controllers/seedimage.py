@@ -73,7 +73,7 @@ def client_registration_file(registration: Resource, ctx: OperatorContext) -> di
 class SeedImageController(Controller):
     kind = "SeedImage"
     watches = ("MachineRegistration",)
-    resync = 60.0
+    resync = 300.0
 
     def __init__(
         self, ctx: OperatorContext, state_dir: Path, command: str | None = None, base_dir: Path | None = None
