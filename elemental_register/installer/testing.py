@@ -142,6 +142,7 @@ class Vm:
         import subprocess
 
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.log = work / "serial.log"
         self.log.write_bytes(b"")
         vars_fd = work / "OVMF_VARS.fd"
