@@ -30,11 +30,13 @@ import contextlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -164,6 +166,8 @@ class Machine:
         self.console: pexpect.fdpexpect.fdspawn | None = None
         self._sock: socket.socket | None = None
         self._serial_log: Any = None
+        self._pump: _SerialPump | None = None
+        self._console_fd = -1
         self._shell_ready = False
         self._finalizer = weakref.finalize(self, Machine._cleanup_paths, self._rundir)
         _LIVE.add(self)
@@ -400,8 +404,13 @@ class Machine:
         self._sock.connect(str(serial_sock))
         self._serial_log = self.serial_log.open("ab")
         self._serial_log.write(f"\n===== boot {self.boots} ({kind}) {time.ctime()} =====\n".encode())
-        self.console = pexpect.fdpexpect.fdspawn(self._sock.fileno(), timeout=60, maxread=65536)
-        self.console.logfile_read = self._serial_log
+        # A thread drains the serial socket all the time (into the log and a pipe that pexpect
+        # reads), so the guest never blocks on its console while the test is not expecting.
+        rfd, wfd = os.pipe()
+        self._pump = _SerialPump(self._sock, self._serial_log, wfd)
+        self._pump.start()
+        self.console = pexpect.fdpexpect.fdspawn(rfd, timeout=60, maxread=65536)
+        self._console_fd = rfd
         self._qmp_path = qmp_sock
 
     def __enter__(self) -> Machine:
@@ -440,7 +449,9 @@ class Machine:
         return bytes(match.group(0)).decode(errors="replace")
 
     def send(self, text: str) -> None:
-        self._con().send(text.encode())
+        self._con()
+        assert self._sock is not None
+        self._sock.sendall(text.encode())
 
     def sendline(self, text: str = "") -> None:
         self.send(text + "\r")
@@ -574,10 +585,12 @@ class Machine:
             except subprocess.TimeoutExpired:
                 self.swtpm.kill()
                 self.swtpm.wait(timeout=5)
+        if self._pump is not None:
+            self._pump.stop()
+            self._pump = None
         if self.console is not None:
-            # Drain what is left so the log is complete.
-            with contextlib.suppress(Exception):
-                self.console.expect(pexpect.EOF, timeout=1)
+            with contextlib.suppress(OSError):
+                os.close(self._console_fd)
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.close()
@@ -598,6 +611,45 @@ class Machine:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._stop_processes()
+
+
+class _SerialPump(threading.Thread):
+    """Copies the guest's serial output to the log file and to a pipe, buffering without limit."""
+
+    def __init__(self, sock: socket.socket, log: Any, wfd: int) -> None:
+        super().__init__(daemon=True, name="serial-pump")
+        self.sock, self.log, self.wfd = sock, log, wfd
+        self._stop_event = threading.Event()
+        os.set_blocking(wfd, False)
+
+    def run(self) -> None:
+        pending = b""
+        eof = False
+        try:
+            while not self._stop_event.is_set() and not (eof and not pending):
+                rlist = [] if eof else [self.sock]
+                wlist = [self.wfd] if pending else []
+                readable, writable, _ = select.select(rlist, wlist, [], 0.2)
+                if readable:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        eof = True
+                    else:
+                        self.log.write(data)
+                        self.log.flush()
+                        pending += data
+                if writable and pending:
+                    with contextlib.suppress(BlockingIOError):
+                        pending = pending[os.write(self.wfd, pending[:65536]) :]
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.wfd)  # pexpect sees EOF
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
 
 
 def _bytes_pattern(p: str | re.Pattern[str]) -> re.Pattern[bytes]:
