@@ -7,13 +7,14 @@ SystemDataV2 → Annotations → [Labels] → Get → Config.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +108,12 @@ def ws_url(url: str) -> str:
     return url.replace("http", "ws", 1) if url.startswith("http") else url
 
 
-def _connect(cfg: RegistrationConfig, header: str) -> Any:
+@asynccontextmanager
+async def _connect(cfg: RegistrationConfig, header: str) -> AsyncIterator[Any]:
+    """websockets' asyncio client (present in Debian's 14.x and newer). Not the sync client:
+    its reader thread can stall on TLS records already buffered in the SSL object."""
+    from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
-    from websockets.sync.client import connect
 
     url = ws_url(cfg.url)
     kwargs: dict[str, Any] = {
@@ -123,7 +127,7 @@ def _connect(cfg: RegistrationConfig, header: str) -> Any:
     if url.startswith("wss://"):
         kwargs["ssl"] = _ssl_context(cfg)
     try:
-        return connect(url, **kwargs)
+        conn = await connect(url, **kwargs)
     except InvalidStatus as exc:
         status = exc.response.status_code
         body = (exc.response.body or b"").decode(errors="replace").strip()
@@ -151,6 +155,10 @@ def _connect(cfg: RegistrationConfig, header: str) -> Any:
         raise RegistrationError(f"operator unreachable at {cfg.url}: {reason}", retryable=True) from None
     except InvalidHandshake as exc:
         raise RegistrationError(f"websocket handshake with {cfg.url} failed: {exc}", retryable=True) from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def register(
@@ -195,9 +203,12 @@ def register(
             raise RegistrationError(f"cannot build {cfg.auth} identity: {exc}") from None
         timings["auth-token"] = time.monotonic() - t0
 
-        conn = _connect(cfg, header)
+        async def exchange() -> tuple[dict[str, Any], bool]:
+            async with _connect(cfg, header) as conn:
+                return await _session(conn, cfg, state, labels, src, tpm, auth_name, timings, t0)
+
         try:
-            config, updated = _session(conn, cfg, state, labels, src, tpm, auth_name, timings, t0)
+            config, updated = asyncio.run(exchange())
         except P.RemoteError as exc:
             msg = str(exc)
             if msg == P.MSG_INVENTORY_NOT_FOUND:
@@ -212,8 +223,6 @@ def register(
             raise RegistrationError("registration timed out (10 s deadline)", retryable=True) from None
         except ConnectionClosed as exc:
             raise RegistrationError(f"connection closed by the operator: {exc}", retryable=True) from None
-        finally:
-            conn.close()
     if new_state.initial_registration is None:
         new_state.initial_registration = datetime.datetime.now(datetime.UTC)
     timings["total"] = time.monotonic() - t0
@@ -225,7 +234,7 @@ def _nullcontext() -> Iterator[None]:
     yield None
 
 
-def _session(
+async def _session(
     conn: Any,
     cfg: RegistrationConfig,
     state: State,
@@ -241,7 +250,7 @@ def _session(
     ch = P.ClientChannel(conn)
     if tpm is not None:
         # The challenge and its answer are raw frames, without a type byte.
-        raw = ch.recv_raw()
+        raw = await ch.recv_raw()
         if raw[:1] == bytes([P.MsgType.ERROR]):
             raise P.RemoteError(P.decode_error(raw[1:]))
         credential, secret = P.decode_challenge(raw)
@@ -249,17 +258,17 @@ def _session(
             answer = tpm.activate_credential(credential, secret)
         except TPMError as exc:
             raise RegistrationError(f"TPM: {exc}") from None
-        ch.send_raw(P.encode_challenge_response(answer))
-    ch.expect(P.MsgType.READY)
+        await ch.send_raw(P.encode_challenge_response(answer))
+    await ch.expect(P.MsgType.READY)
     timings["authenticated"] = time.monotonic() - t0
     log.info("%s authentication successful", "TPM" if tpm is not None else auth_name)
 
-    version = ch.negotiate()
+    version = await ch.negotiate()
     log.debug("negotiated protocol version %d", version)
     updated = False
     if state.updatable:
-        ch.write(P.MsgType.UPDATE)
-        ch.expect(P.MsgType.READY)
+        await ch.write(P.MsgType.UPDATE)
+        await ch.expect(P.MsgType.READY)
         updated = True
 
     if not cfg.no_smbios:
@@ -269,9 +278,9 @@ def _session(
             raise RegistrationError(f"failed to read dmidecode data: {exc}") from None
         except Exception as exc:  # CalledProcessError and friends
             raise RegistrationError(f"failed to read dmidecode data: {exc}") from None
-        ch.send_json(P.MsgType.SMBIOS, smbios)
+        await ch.send_json(P.MsgType.SMBIOS, smbios)
         if version >= P.MsgType.SYSTEM_DATA_V2:
-            ch.send_json(P.MsgType.SYSTEM_DATA_V2, src.system_data())
+            await ch.send_json(P.MsgType.SYSTEM_DATA_V2, src.system_data())
     if version >= P.MsgType.ANNOTATIONS:
         local_ip = ""
         try:
@@ -285,12 +294,12 @@ def _session(
             no_toolkit=cfg.no_toolkit,
             root=src.root,
         )
-        ch.send_json(P.MsgType.ANNOTATIONS, ann)
+        await ch.send_json(P.MsgType.ANNOTATIONS, ann)
     if labels:
-        ch.send_json(P.MsgType.LABELS, labels)
+        await ch.send_json(P.MsgType.LABELS, labels)
 
-    ch.write(P.MsgType.GET)
-    payload = ch.expect(P.MsgType.CONFIG)
+    await ch.write(P.MsgType.GET)
+    payload = await ch.expect(P.MsgType.CONFIG)
     timings["config"] = time.monotonic() - t0
     return P.decode_config(payload), updated
 

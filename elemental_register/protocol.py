@@ -339,19 +339,12 @@ def decode_challenge_response(frame: bytes) -> bytes:
 
 
 class FrameConn(Protocol):
-    """One websocket connection as the server sees it: whole binary messages in and out."""
+    """One websocket connection: whole binary messages in and out (aiohttp adapter on the
+    operator, websockets' asyncio connection on the client)."""
 
     async def recv(self) -> bytes: ...
 
     async def send(self, data: bytes) -> None: ...
-
-
-class SyncFrameConn(Protocol):
-    """Client side (``websockets.sync``): ``recv(timeout)`` returns one whole message."""
-
-    def recv(self, timeout: float | None = None) -> bytes | str: ...
-
-    def send(self, message: bytes) -> None: ...
 
 
 class Deadline:
@@ -367,7 +360,7 @@ class Deadline:
         return left
 
 
-class ServerChannel:
+class Channel:
     """Typed messages over a FrameConn with the session deadline applied to every read/write."""
 
     def __init__(self, conn: FrameConn, deadline: Deadline | None = None) -> None:
@@ -393,46 +386,33 @@ class ServerChannel:
         await self.send_raw(encode_frame(msg_type, payload))
 
 
-class ClientChannel:
-    """Client side of the typed exchange over a synchronous websocket."""
+class ServerChannel(Channel):
+    """Operator side: every frame is returned, an Error from the client is just unexpected."""
 
-    def __init__(self, conn: SyncFrameConn, deadline: Deadline | None = None) -> None:
-        self.conn = conn
-        self.deadline = deadline or Deadline()
 
-    def recv_raw(self) -> bytes:
-        data = self.conn.recv(timeout=self.deadline.remaining())
-        if isinstance(data, str):
-            raise ProtocolError("got non binary message")
-        return bytes(data)
+class ClientChannel(Channel):
+    """Register-client side: Error frames become RemoteError; Go's SendJSONData semantics."""
 
-    def send_raw(self, data: bytes) -> None:
-        self.deadline.remaining()
-        self.conn.send(data)
-
-    def read(self) -> tuple[MsgType, bytes]:
-        msg_type, payload = decode_frame(self.recv_raw())
+    async def read(self) -> tuple[MsgType, bytes]:
+        msg_type, payload = decode_frame(await self.recv_raw())
         if msg_type == MsgType.ERROR:
             raise RemoteError(decode_error(payload))
         return msg_type, payload
 
-    def write(self, msg_type: MsgType, payload: bytes = b"") -> None:
-        self.send_raw(encode_frame(msg_type, payload))
-
-    def expect(self, expected: MsgType) -> bytes:
-        msg_type, payload = self.read()
+    async def expect(self, expected: MsgType) -> bytes:
+        msg_type, payload = await self.read()
         if msg_type != expected:
             raise ProtocolError(f"expecting '{expected.name}' but got '{msg_type.name}'")
         return payload
 
-    def send_json(self, msg_type: MsgType, data: Any) -> None:
-        """Go SendJSONData: type + JSON, then require a Ready."""
-        self.write(msg_type, go_json(data))
-        self.expect(MsgType.READY)
+    async def send_json(self, msg_type: MsgType, data: Any) -> None:
+        """Type + JSON, then require a Ready."""
+        await self.write(msg_type, go_json(data))
+        await self.expect(MsgType.READY)
 
-    def negotiate(self, ours: int = MSG_LAST) -> int:
-        self.write(MsgType.VERSION, encode_version(ours))
-        version = decode_version(self.expect(MsgType.VERSION))
+    async def negotiate(self, ours: int = MSG_LAST) -> int:
+        await self.write(MsgType.VERSION, encode_version(ours))
+        version = decode_version(await self.expect(MsgType.VERSION))
         if version <= MsgType.GET or version > ours:
             raise ProtocolError(f"server negotiated an unsupported protocol version {version}")
         return version

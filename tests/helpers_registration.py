@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from elemental_operator.api import API_VERSION
 from elemental_operator.context import OperatorContext
-from elemental_operator.registration import handler
 from elemental_operator.store.base import Resource
 from elemental_operator.store.sql import open_store
-from elemental_register import protocol as P
 from elemental_register.tpm import Swtpm
 
 
@@ -57,75 +55,48 @@ def swtpm(swtpm_factory: Callable[[], Swtpm]) -> Swtpm:
 # operator in process: the registration endpoint over aiohttp with the real SQLite store
 
 
-class AiohttpFrameConn:
-    """FrameConn over an aiohttp WebSocketResponse (what the server engineer's route does)."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-
-    async def recv(self) -> bytes:
-        from aiohttp import WSMsgType
-
-        msg = await self.ws.receive()
-        if msg.type == WSMsgType.BINARY:
-            return bytes(msg.data)
-        if msg.type == WSMsgType.TEXT:
-            return msg.data  # type: ignore[no-any-return]  # the handler refuses text frames
-        raise ConnectionError(f"websocket {msg.type.name.lower()}")
-
-    async def send(self, data: bytes) -> None:
-        await self.ws.send_bytes(data)
-
-
 class InProcessOperator:
-    """aiohttp app serving GET /elemental/registration/{token} in a background thread."""
+    """The real operator HTTP app (elemental_operator.server.app) on 127.0.0.1 in a background
+    thread, over the real SQLite store; HTTPS with a throwaway CA unless ``tls=False``."""
 
-    def __init__(self, store: Any, tpm_ca_pem: str = "") -> None:
+    def __init__(self, store: Any, tmp: Path, tls: bool = True, tpm_ca_pem: str = "") -> None:
         self.store = store
+        self.tmp = tmp
+        self.tls = tls
+        self.ca_pem = b""
         self.ctx = OperatorContext(store=store, public_url="", secret_key=b"test-key", tpm_ca_pem=tpm_ca_pem)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.runner: Any = None
         self.port = 0
-        self.sessions = 0
 
     def start(self) -> InProcessOperator:
         from aiohttp import web
 
-        async def handle(request: web.Request) -> web.StreamResponse:
-            token = request.match_info["token"]
-            found = self.store.find_by_token("MachineRegistration", token)
-            if len(found) != 1 or not handler.is_ready(found[0]):
-                raise web.HTTPNotFound(text="registration not found")
-            registration = found[0]
-            ws = web.WebSocketResponse(max_msg_size=P.MAX_FRAME_SIZE)
-            if not ws.can_prepare(request).ok:
-                body = yaml.safe_dump(handler.registration_file(registration, self.ctx))
-                return web.Response(text=body, content_type="application/yaml")
-            await ws.prepare(request)
-            self.sessions += 1
-            await handler.serve_registration(
-                AiohttpFrameConn(ws),
-                request.headers.get("Authorization"),
-                registration,
-                self.ctx,
-                request.remote or "",
-            )
-            await ws.close()
-            return ws
+        from elemental_operator.server.app import make_app
+        from elemental_operator.server.tls import make_ca, make_server_cert
+
+        ssl_ctx = None
+        if self.tls:
+            self.ca_pem, ca_key = make_ca("test operator CA")
+            cert, key = make_server_cert(self.ca_pem, ca_key, ["127.0.0.1", "localhost"])
+            (self.tmp / "tls.crt").write_bytes(cert)
+            (self.tmp / "tls.key").write_bytes(key)
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(self.tmp / "tls.crt", self.tmp / "tls.key")
+            self.ctx.ca_cert_pem = self.ca_pem.decode()
 
         async def setup() -> None:
-            app = web.Application()
-            app.router.add_get("/elemental/registration/{token}", handle)
+            app = make_app(self.ctx, "admin-token", self.tmp)
             self.runner = web.AppRunner(app, access_log=None)
             await self.runner.setup()
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
+            site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
             await site.start()
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
         self.thread.start()
         asyncio.run_coroutine_threadsafe(setup(), self.loop).result(10)
-        self.ctx.public_url = f"http://127.0.0.1:{self.port}"
+        self.ctx.public_url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         return self
 
     def stop(self) -> None:
@@ -165,7 +136,7 @@ class InProcessOperator:
 @pytest.fixture
 def operator(tmp_path: Path) -> Iterator[InProcessOperator]:
     store = open_store(f"sqlite:///{tmp_path / 'operator.db'}", poll_interval=0.02)
-    op = InProcessOperator(store).start()
+    op = InProcessOperator(store, tmp_path).start()
     try:
         yield op
     finally:
