@@ -366,7 +366,13 @@ async def _admin_watch(
 
     try:
         while deadline is None or loop.time() < deadline:
-            events = await _run(batch, since)
+            try:
+                events = await _run(batch, since)
+            except StoreError as exc:
+                # Like Kubernetes: an ERROR event carrying a Status (410 when the log moved on).
+                status = json.loads(_error(exc).text or "{}")
+                await resp.write(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+                break
             for ev in events:
                 since = ev.resource_version
                 meta = ev.object["metadata"]
