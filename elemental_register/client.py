@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import socket
 import ssl
@@ -84,22 +85,28 @@ def _tpm_session(cfg: RegistrationConfig, seed: int | None) -> Iterator[Any]:
 
     try:
         if seed is None:
-            with TPM(cfg.tpm_tcti) as tpm:
+            with TPM(cfg.tpm_tcti, ak_alg=cfg.tpm_ak_alg) as tpm:
                 yield tpm
         else:
-            with Swtpm() as sw, TPM(sw.tcti, emulated_seed=seed) as tpm:
+            with Swtpm() as sw, TPM(sw.tcti, emulated_seed=seed, ak_alg=cfg.tpm_ak_alg) as tpm:
                 yield tpm
     except TPMError as exc:
         raise RegistrationError(f"TPM: {exc}") from None
 
 
 def _ssl_context(cfg: RegistrationConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()  # system pool, as Go's SystemCertPool
     pem = ca_cert_pem(cfg.ca_cert)
+    if not pem:
+        log.warning("no registration CA certificate configured: using the system trust store only")
+    return _cached_ssl_context(pem)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_ssl_context(pem: str) -> ssl.SSLContext:
+    # Loading the system trust store costs ~50 ms; periodic and simulated registrations reuse it.
+    ctx = ssl.create_default_context()  # system pool, as Go's SystemCertPool
     if pem:
         ctx.load_verify_locations(cadata=pem)
-    else:
-        log.warning("no registration CA certificate configured: using the system trust store only")
     return ctx
 
 

@@ -204,3 +204,13 @@ def test_bare_ek_rejected_when_ca_configured() -> None:
 def test_bad_ek_pem(pem: bytes) -> None:
     with pytest.raises(A.AttestationError):
         A.parse_ek(pem)
+
+
+def test_provisioned_ek_is_read_not_recreated(swtpm: Swtpm) -> None:  # noqa: F811
+    with TPM(swtpm.tcti) as tpm:
+        transient_hash = tpm.ek().tpm_hash
+        assert tpm.ek().transient
+        assert tpm.provision_ek() == 0x81010001
+    with TPM(swtpm.tcti) as tpm:
+        assert not tpm.ek().transient and tpm.ek().tpm_hash == transient_hash
+        assert _roundtrip(tpm) == (A.parse_ek(tpm.ek().pem), True)
