@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import functools
 import logging
+import secrets
 import socket
 import ssl
 import time
@@ -66,15 +67,17 @@ def resolve_emulated_seed(cfg: RegistrationConfig, state: State, uuid: Callable[
     """Elemental's GetTPMSeed: reuse a persisted seed, else -1 → from the SMBIOS UUID, else cfg."""
     if state.emulated_tpm and state.emulated_tpm_seed:
         return state.emulated_tpm_seed
-    if cfg.emulated_tpm_seed != -1:
+    if cfg.emulated_tpm_seed not in (-1, 0):
         return cfg.emulated_tpm_seed
-    try:
-        seed = hardware.smbios_uuid_seed(uuid())
-    except LookupError:
-        seed = None
+    seed = None
+    if cfg.emulated_tpm_seed == -1:
+        try:
+            seed = hardware.smbios_uuid_seed(uuid())
+        except LookupError:
+            seed = None
     if not seed:
-        import secrets
-
+        # Seed 0 (Elemental: an unseeded simulator, a new identity on every run) also gets a
+        # random seed, but one that is persisted so that re-registration keeps working.
         seed = secrets.randbits(63) or 1
     return seed
 

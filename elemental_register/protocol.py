@@ -29,6 +29,11 @@ from typing import Any, Protocol
 
 import yaml
 
+# libyaml bindings when present (Debian's python3-yaml has them): 7x faster than pure Python,
+# which matters for the Config reply the operator renders on every registration.
+_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class MsgType(IntEnum):
     UNDEFINED = 0
@@ -152,12 +157,12 @@ def negotiate_version(payload: bytes, ours: int = MSG_LAST) -> int:
 
 
 def encode_error(message: str) -> bytes:
-    return yaml.safe_dump({"message": message}, default_flow_style=False, sort_keys=False).encode()
+    return encode_yaml({"message": message})
 
 
 def decode_error(payload: bytes) -> str:
     try:
-        data = yaml.safe_load(payload.decode("utf-8", "replace"))
+        data = yaml.load(payload.decode("utf-8", "replace"), Loader=_Loader)
     except yaml.YAMLError:
         return payload.decode("utf-8", "replace").strip()
     message = data.get("message") if isinstance(data, dict) else None
@@ -167,12 +172,15 @@ def decode_error(payload: bytes) -> str:
 
 
 def encode_yaml(data: Mapping[str, Any]) -> bytes:
-    return yaml.safe_dump(dict(data), default_flow_style=False, sort_keys=False).encode()
+    text: str = yaml.dump(
+        dict(data), Dumper=_Dumper, default_flow_style=False, sort_keys=False, allow_unicode=True
+    )
+    return text.encode()
 
 
 def decode_config(payload: bytes) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(payload.decode("utf-8"))
+        data = yaml.load(payload.decode("utf-8"), Loader=_Loader)
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ProtocolError(f"invalid config YAML: {exc}") from None
     if data is None:

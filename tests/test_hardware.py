@@ -48,7 +48,9 @@ def test_parse_server_dmidecode() -> None:
         "Version": "Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz",
         "Core Count": "16",
     }
-    single = hardware.parse_dmidecode((DATA / "dmidecode-poweredge.txt").read_text().split("Handle 0x0401")[0])
+    single = hardware.parse_dmidecode(
+        (DATA / "dmidecode-poweredge.txt").read_text().split("Handle 0x0401")[0]
+    )
     flags = single["Processor Information"]["Flags:"]
     assert flags[0] == "FPU (Floating-point unit on-chip)" and len(flags) == 3
     assert data["Base Board Information"]["Features:"] == ["Board is a hosting board", "Board is replaceable"]
