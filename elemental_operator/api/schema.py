@@ -1,7 +1,7 @@
 """Kinds, their OpenAPI v3 schemas, validation with defaulting, and printer columns.
 
-The schemas live in ``schemas/<Kind>.yaml`` (upstream Elemental's CRD schemas), so the
-validator, the generated CRDs/Helm chart and the CLI tables can never disagree.
+The kinds and their schemas are defined once, in ``kinds.py``, so the validator, the
+generated CRDs/Helm chart and the CLI tables can never disagree.
 The validator implements the structural-schema subset Kubernetes uses: types, properties,
 additionalProperties, required, enum, pattern, length/minimum bounds, defaults, nullable,
 x-kubernetes-preserve-unknown-fields and x-kubernetes-int-or-string. Unknown fields are
@@ -16,43 +16,15 @@ import copy
 import functools
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
-import yaml
+from elemental_operator.api.kinds import KIND_DEFS, Schema
 
 GROUP = "elemental.cattle.io"
 VERSION = "v1beta1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Schema = dict[str, Any]
-
-# Kinds in dependency order (what the CLI lists for `get all`).
-KIND_NAMES = (
-    "MachineRegistration",
-    "MachineInventory",
-    "MachineInventorySelector",
-    "MachineInventorySelectorTemplate",
-    "ManagedOSImage",
-    "ManagedOSVersion",
-    "ManagedOSVersionChannel",
-    "SeedImage",
-    "Metadata",
-    "Secret",
-)
-
-SHORT_NAMES = {
-    "MachineRegistration": ["mr", "registration", "registrations"],
-    "MachineInventory": ["mi", "inventory", "inventories"],
-    "MachineInventorySelector": ["mis", "selector", "selectors"],
-    "MachineInventorySelectorTemplate": ["mist", "selectortemplate", "selectortemplates"],
-    "ManagedOSImage": ["mos", "osimage", "osimages"],
-    "ManagedOSVersion": ["mosv", "osversion", "osversions"],
-    "ManagedOSVersionChannel": ["mosvc", "channel", "channels"],
-    "SeedImage": ["si", "seed", "seeds"],
-    "Metadata": [],
-    "Secret": ["secret"],
-}
+KIND_NAMES = tuple(d.kind for d in KIND_DEFS)
 
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -119,24 +91,21 @@ class ValidationError(ValueError):
 
 @functools.cache
 def kinds() -> dict[str, KindInfo]:
-    out: dict[str, KindInfo] = {}
-    pkg = resources.files("elemental_operator.api") / "schemas"
-    for kind in KIND_NAMES:
-        doc = yaml.safe_load((pkg / f"{kind}.yaml").read_text())
-        core = bool(doc.get("core"))
-        out[kind] = KindInfo(
-            kind=kind,
-            api_version="v1" if core else API_VERSION,
-            plural=doc["names"]["plural"],
-            singular=doc["names"]["singular"],
-            namespaced=doc["scope"] == "Namespaced",
-            has_status=bool(doc.get("subresources") and "status" in doc["subresources"]),
-            core=core,
-            schema=doc["schema"],
-            printer_columns=doc.get("printerColumns") or [],
-            short_names=tuple(SHORT_NAMES.get(kind, ())),
+    return {
+        d.kind: KindInfo(
+            kind=d.kind,
+            api_version="v1" if d.core else API_VERSION,
+            plural=d.plural,
+            singular=d.singular,
+            namespaced=d.namespaced,
+            has_status=d.status_subresource,
+            core=d.core,
+            schema=copy.deepcopy(d.schema),
+            printer_columns=copy.deepcopy(list(d.printer_columns)),
+            short_names=d.short_names,
         )
-    return out
+        for d in KIND_DEFS
+    }
 
 
 def kind_info(kind: str) -> KindInfo:
