@@ -268,9 +268,6 @@ def test_seedimage_download(operator: RunningOperator) -> None:
 # ---- schema, CRDs and chart (no server needed) ---------------------------------------------
 
 
-
-
-
 def test_crds_and_chart_are_structurally_valid(tmp_path: Any) -> None:
     crds = all_crds()
     assert {c["spec"]["names"]["kind"] for c in crds} == {k for k, i in kinds().items() if not i.core}
