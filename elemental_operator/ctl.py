@@ -31,7 +31,11 @@ DEFAULT_NAMESPACE = "fleet-default"
 
 
 class CtlError(Exception):
-    pass
+    """A failure to show the user; ``status`` is the HTTP status when the server answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Client:
@@ -60,7 +64,7 @@ class Client:
                 message = json.loads(exc.read()).get("message") or exc.reason
             except ValueError:
                 message = exc.reason
-            raise CtlError(f"Error from server ({exc.code}): {message}") from None
+            raise CtlError(f"Error from server ({exc.code}): {message}", exc.code) from None
         except urllib.error.URLError as exc:
             raise CtlError(f"cannot reach {self.base}: {exc.reason}") from None
 
@@ -229,29 +233,38 @@ def _apply_one(client: Client, obj: dict[str, Any], args: argparse.Namespace, cr
     if create_only or not name:
         out = client.call("POST", _collection(info, ns), obj)
         return f"{info.singular}/{out['metadata']['name']} created"
-    try:
-        cur = client.call("GET", _item(info, ns, name))
-    except CtlError as exc:
-        if "(404)" not in str(exc):
-            raise
-        out = client.call("POST", _collection(info, ns), obj)
-        if status is not None:
-            client.call("PUT", _item(info, ns, name) + "/status", {**out, "status": status})
-        return f"{info.singular}/{name} created"
-    # Declarative replace of what the file states; server-owned metadata and status are kept.
-    new = {k: v for k, v in cur.items() if k in ("apiVersion", "kind", "status")}
-    new.update({k: v for k, v in obj.items() if k != "metadata"})
-    keep = (
-        "uid",
-        "resourceVersion",
-        "creationTimestamp",
-        "generation",
-        "deletionTimestamp",
-        "ownerReferences",
-        "finalizers",
-    )
-    new["metadata"] = {**{k: cur["metadata"][k] for k in keep if k in cur["metadata"]}, **meta}
-    out = client.call("PUT", _item(info, ns, name), new)
+    # Read-modify-write; a controller may touch the object (finalizers, status) between our GET
+    # and PUT, so retry on a stale resourceVersion unless the file itself pinned one.
+    pinned = "resourceVersion" in meta
+    for attempt in range(5):
+        try:
+            cur = client.call("GET", _item(info, ns, name))
+        except CtlError as exc:
+            if exc.status != 404:
+                raise
+            out = client.call("POST", _collection(info, ns), obj)
+            if status is not None:
+                client.call("PUT", _item(info, ns, name) + "/status", {**out, "status": status})
+            return f"{info.singular}/{name} created"
+        # Declarative replace of what the file states; server-owned metadata and status are kept.
+        new = {k: v for k, v in cur.items() if k in ("apiVersion", "kind", "status")}
+        new.update({k: v for k, v in obj.items() if k != "metadata"})
+        keep = (
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "ownerReferences",
+            "finalizers",
+        )
+        new["metadata"] = {**{k: cur["metadata"][k] for k in keep if k in cur["metadata"]}, **meta}
+        try:
+            out = client.call("PUT", _item(info, ns, name), new)
+            break
+        except CtlError as exc:
+            if pinned or exc.status != 409 or attempt == 4:
+                raise
     changed = out["metadata"]["resourceVersion"] != cur["metadata"]["resourceVersion"]
     if status is not None and status != out.get("status"):
         client.call("PUT", _item(info, ns, name) + "/status", {**out, "status": status})
@@ -346,7 +359,7 @@ def cmd_delete(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
             client.call("DELETE", _item(info, ns, name))
             out.write(f'{info.singular} "{name}" deleted\n')
         except CtlError as exc:
-            if args.ignore_not_found and "(404)" in str(exc):
+            if args.ignore_not_found and exc.status == 404:
                 continue
             sys.stderr.write(f"{exc}\n")
             rc = 1
