@@ -111,12 +111,25 @@ def check(src: Source) -> Source:
         if not (Path(src.ref) / "usr").is_dir():
             die(f"system-uri dir:{src.ref} is not an OS tree (no /usr)", "point dir: at an unpacked OS root")
         return src
+    if shutil.which("skopeo") is None:
+        from elemental_register.installer import registry
+
+        registry.inspect(src.ref)  # no skopeo on the OS image: our own registry client
+        return src
     run(
-        ["skopeo", "inspect", "--raw", f"docker://{src.ref}"],
+        ["skopeo", "inspect", "--raw", *_skopeo_tls(src.ref, "--tls-verify"), f"docker://{src.ref}"],
         timeout=120,
         hint="the registry must be reachable from the seed; check system-uri and the network",
     )
     return src
+
+
+def _skopeo_tls(ref: str, flag: str) -> list[str]:
+    """Plain HTTP for registries listed in ELEMENTAL_INSECURE_REGISTRIES (as our own client does)."""
+    from elemental_register.installer import registry
+
+    host = registry.parse_ref(ref)[0]
+    return [f"{flag}=false"] if host in registry.insecure_registries() else []
 
 
 def unpack(src: Source, work: Path) -> Path:
@@ -126,11 +139,23 @@ def unpack(src: Source, work: Path) -> Path:
     layout, tag = Path(src.ref), src.tag
     if src.kind == "docker":
         layout, tag = work / "layout", "os"
-        run(
-            ["skopeo", "copy", "--quiet", f"docker://{src.ref}", f"oci:{layout}:{tag}"],
-            timeout=3600,
-            hint="the registry must be reachable; check system-uri",
-        )
+        if shutil.which("skopeo") is None:
+            from elemental_register.installer import registry
+
+            registry.pull(src.ref, layout, tag)
+        else:
+            run(
+                [
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    *_skopeo_tls(src.ref, "--src-tls-verify"),
+                    f"docker://{src.ref}",
+                    f"oci:{layout}:{tag}",
+                ],
+                timeout=3600,
+                hint="the registry must be reachable; check system-uri",
+            )
     rootfs = work / "rootfs"
     if rootfs.exists():
         shutil.rmtree(rootfs)
