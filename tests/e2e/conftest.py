@@ -1,0 +1,63 @@
+"""End-to-end suite options.
+
+* ``pytest tests`` (``make test``) runs the cheap variant: tests marked ``e2e`` only (the core
+  lifecycle: seed ISO → TPM registration → install → reboot → Ready).
+* ``pytest tests/e2e --run-e2e`` (``make e2e``) also runs the tests marked ``e2e_full``
+  (reset, upgrade, rollback, emulated TPM, unmanaged, PXE, SeedImage).
+
+``ELEMENTAL_E2E=0`` skips the whole suite (e.g. a quick ``make test`` on a laptop).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# The repo (iso.pack), tests/vm.py (the QEMU harness) and tests/e2e/harness.py import as top-level modules.
+for _p in (
+    Path(__file__).resolve().parents[2],
+    Path(__file__).resolve().parents[1],
+    Path(__file__).resolve().parent,
+):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-e2e",
+        action="store_true",
+        default=False,
+        help="run the full end-to-end suite (tests marked e2e_full), not only the core lifecycle",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end lifecycle test in QEMU (cheap variant, in make test)")
+    config.addinivalue_line("markers", "e2e_full: end-to-end test run only with --run-e2e (make e2e)")
+
+
+def _run_full(config: pytest.Config) -> bool:
+    try:
+        return bool(config.getoption("--run-e2e"))
+    except ValueError:  # this conftest was not an initial one: the option is not on the command line
+        return "--run-e2e" in config.invocation_params.args
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    full = _run_full(config)
+    disabled = os.environ.get("ELEMENTAL_E2E", "1") in ("0", "no", "false")
+    missing = [t for t in ("qemu-system-x86_64", "swtpm", "xorriso") if shutil.which(t) is None]
+    for item in items:
+        if "e2e" not in item.keywords and "e2e_full" not in item.keywords:
+            continue
+        if disabled:
+            item.add_marker(pytest.mark.skip(reason="ELEMENTAL_E2E=0"))
+        elif missing:
+            item.add_marker(pytest.mark.skip(reason=f"missing tools: {', '.join(missing)}"))
+        elif "e2e_full" in item.keywords and not full:
+            item.add_marker(pytest.mark.skip(reason="full end-to-end suite: run with --run-e2e (make e2e)"))

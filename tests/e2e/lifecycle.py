@@ -1,0 +1,315 @@
+"""Steps of the machine lifecycle shared by the scenarios (and bench/e2e.py): one operator, one
+registration, one seed ISO, machines booted from it under QEMU + OVMF + swtpm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import InventoryRecorder, Operator, Timings, condition, pack_seed
+from vm import Machine, VMError
+
+# The installed OS's initrd has no virtio_blk (docs/installer.md): the target disk is NVMe.
+INSTALL_DEVICE = "/dev/nvme0n1"
+ROOT_PASSWORD = "elemental-e2e"
+SEED_MEMORY_MB = 3072  # the seed unpacks the OS image and builds its erofs in RAM (tmpfs)
+OS_MEMORY_MB = 2048
+
+# Console markers (services log to journal+console).
+REGISTERED = "registration successful"
+INSTALLED = r"install progress: installed 100%"
+
+
+def smbios(manufacturer: str, product: str, serial: str) -> list[str]:
+    return ["-smbios", f"type=1,manufacturer={manufacturer},product={product},serial={serial}"]
+
+
+def registration_spec(*, emulated_seed: int | None = None, poweroff: bool = True) -> dict[str, Any]:
+    """TPM auth (or an emulated TPM), install to the NVMe disk, names and labels from SMBIOS."""
+    reg: dict[str, Any] = {"auth": "tpm"}
+    if emulated_seed is not None:
+        reg.update({"emulate-tpm": True, "emulated-tpm-seed": emulated_seed})
+    return {
+        "machineName": "${System Information/Manufacturer}-${System Information/Serial Number}",
+        "machineInventoryLabels": {
+            "manufacturer": "${System Information/Manufacturer}",
+            "product": "${System Information/Product Name}",
+            "serial": "${System Information/Serial Number}",
+            "e2e": "true",
+        },
+        "config": {
+            "elemental": {
+                "install": {"device": INSTALL_DEVICE, "poweroff": poweroff, "reboot": not poweroff},
+                "reset": {"enabled": True, "reset-persistent": True, "reset-oem": True, "reboot": True},
+                "registration": reg,
+            },
+            # a console login for debugging a failed run (root / ROOT_PASSWORD)
+            "cloud-config": {"users": [{"name": "root", "plain_text_passwd": ROOT_PASSWORD}]},
+        },
+    }
+
+
+@dataclass
+class Fleet:
+    """An operator with one registration and a seed ISO that embeds its registration file."""
+
+    op: Operator
+    results: Path
+    name: str = "e2e"
+    spec: dict[str, Any] = field(default_factory=registration_spec)
+    iso: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        reg = self.op.registration(self.name, self.spec)
+        self.registration_file = self.op.registration_file(reg)
+        (self.results / f"registration-{self.name}.yaml").write_bytes(self.registration_file)
+        self.iso = pack_seed(self.registration_file, self.results / f"seed-{self.name}.iso")
+
+    def machine(
+        self, name: str, *, manufacturer: str = "E2ECorp", serial: str = "E2E-0001", **kw: Any
+    ) -> Machine:
+        m = Machine(
+            name,
+            results_dir=self.results,
+            memory_mb=SEED_MEMORY_MB,
+            extra_args=smbios(manufacturer, "E2E Box", serial),
+            **kw,
+        )
+        m.add_disk(size="8G", interface="nvme")
+        m.add_cdrom(self.iso)
+        return m
+
+
+def expected_name(manufacturer: str, serial: str) -> str:
+    from elemental_operator.registration.templater import sanitize_machine_name
+
+    return sanitize_machine_name(f"{manufacturer}-{serial}")
+
+
+def _alive(m: Machine) -> None:
+    if m.qemu is not None and m.qemu.poll() is not None:
+        raise VMError(f"{m.name}: QEMU exited (rc {m.qemu.returncode}); see {m.serial_log}")
+
+
+def register_and_install(
+    op: Operator, m: Machine, inv_name: str, t: Timings, rec: InventoryRecorder, *, timeout: float = 1800
+) -> dict[str, Any]:
+    """Boot the seed (empty disk first in boot order, so the firmware falls through to the ISO),
+    wait for registration and the install, which powers the machine off."""
+    m.boot()
+    m.expect(REGISTERED, timeout=timeout)
+    inv = op.wait(f"MachineInventory {inv_name}", lambda: op.try_get("machineinventories", inv_name), 60, 1)
+    t.mark("boot-to-registered")
+    m.expect(INSTALLED, timeout=timeout)
+    m.wait_exit(timeout=300)  # install.poweroff
+    t.mark("install")
+    result: dict[str, Any] = inv
+    return result
+
+
+def wait_ready(
+    op: Operator, m: Machine, inv_name: str, *, timeout: float = 1200, after: float = 0.0
+) -> dict[str, Any]:
+    """The agent applied the inventory's plan: Ready=True and status.plan.state=Applied."""
+
+    def ready() -> dict[str, Any] | None:
+        inv = op.try_get("machineinventories", inv_name)
+        plan = ((inv or {}).get("status") or {}).get("plan") or {}
+        if inv and condition(inv, "Ready") == "True" and plan.get("state") == "Applied":
+            return inv
+        return None
+
+    result: dict[str, Any] = op.wait(
+        f"{inv_name} Ready with its plan applied", ready, timeout, 3, lambda: _alive(m)
+    )
+    return result
+
+
+def boot_installed(
+    op: Operator, m: Machine, inv_name: str, t: Timings, *, timeout: float = 1500
+) -> dict[str, Any]:
+    """Power on again from the installed disk (fresh swtpm on the same state) until Ready."""
+    m.memory_mb = OS_MEMORY_MB
+    m.boot()
+    m.expect(r"elemental\.slot=a", timeout=600)
+    inv = wait_ready(op, m, inv_name, timeout=timeout)
+    t.mark("reboot-to-ready")
+    return inv
+
+
+def plan_secret(op: Operator, inv_name: str) -> dict[str, str]:
+    import base64
+
+    secret = op.get("secrets", inv_name)
+    return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.get("data") or {}).items()}
+
+
+def reset_machine(
+    op: Operator, m: Machine, inv_name: str, t: Timings, *, timeout: float = 2400
+) -> dict[str, Any]:
+    """Delete the inventory: reset plan → recovery → re-registration (same TPM hash, new inventory)
+    → reinstall from recovery → reboot into slot A → the new inventory is Ready."""
+    old = op.get("machineinventories", inv_name)
+    old_uid, tpm_hash = old["metadata"]["uid"], old["spec"].get("tpmHash")
+    t.mark("before-reset")
+    op.delete("machineinventories", inv_name)
+    m.expect(r"elemental\.mode=recovery", timeout=900)
+    t.mark("reset-plan-to-recovery")
+
+    def reregistered() -> dict[str, Any] | None:
+        inv = op.try_get("machineinventories", inv_name)
+        if inv and inv["metadata"]["uid"] != old_uid and not inv["metadata"].get("deletionTimestamp"):
+            return inv
+        return None
+
+    new = op.wait("a new inventory after the reset", reregistered, timeout, 3, lambda: _alive(m))
+    assert new["spec"].get("tpmHash") == tpm_hash, (new["spec"], tpm_hash)
+    t.mark("recovery-to-reregistered")
+    m.expect(r"elemental\.slot=a", timeout=900)
+    inv = wait_ready(op, m, inv_name, timeout=timeout)
+    t.mark("reset-reboot-to-ready")
+    t.marks["reset-to-ready"] = round(
+        sum(
+            t.marks[k]
+            for k in ("reset-plan-to-recovery", "recovery-to-reregistered", "reset-reboot-to-ready")
+        ),
+        1,
+    )
+    return inv
+
+
+# A drop-in that makes the system agent fail: the boot check fails, the counted boot reboots,
+# and after three tries systemd-boot falls back to the other slot.
+BROKEN_AGENT = (
+    "/usr/lib/systemd/system/elemental-system-agent.service.d/99-e2e-broken.conf",
+    b"[Service]\nExecStart=\nExecStart=/bin/false\n",
+)
+
+
+def publish_versions(op: Operator, registry_host: str, workdir: Path, versions: dict[str, str]) -> None:
+    """A ManagedOSVersionChannel of type json reading a file on the operator's host; `versions`
+    maps version name → image repository:tag in `registry_host`."""
+    import json
+
+    entries = [
+        {
+            "metadata": {"name": name},
+            "spec": {"version": name, "type": "container", "metadata": {"upgradeImage": image}},
+        }
+        for name, image in versions.items()
+    ]
+    channel_file = workdir / "channel.json"
+    channel_file.write_text(json.dumps(entries, indent=1))
+    op.create(
+        {
+            "apiVersion": "elemental.cattle.io/v1beta1",
+            "kind": "ManagedOSVersionChannel",
+            "metadata": {"name": "e2e-channel"},
+            "spec": {
+                "type": "json",
+                "registry": registry_host,
+                "options": {"uri": str(channel_file)},
+                "syncInterval": "1m",
+            },
+        }
+    )
+    for name in versions:
+        op.wait(f"ManagedOSVersion {name}", lambda n=name: op.try_get("managedosversions", n), 60, 1)
+
+
+def start_upgrade(op: Operator, name: str, version: str, registry_host: str) -> None:
+    op.create(
+        {
+            "apiVersion": "elemental.cattle.io/v1beta1",
+            "kind": "ManagedOSImage",
+            "metadata": {"name": name},
+            "spec": {
+                "managedOSVersionName": version,
+                "nodeSelector": {"matchLabels": {"e2e": "true"}},
+                # the test registry is plain HTTP
+                "upgradeContainer": {
+                    "envs": [{"name": "ELEMENTAL_INSECURE_REGISTRIES", "value": registry_host}]
+                },
+            },
+        }
+    )
+
+
+def upgrade_machine(
+    op: Operator,
+    m: Machine,
+    inv_name: str,
+    t: Timings,
+    *,
+    mos: str,
+    version: str,
+    image_version: str,
+    slot: str,
+) -> dict[str, Any]:
+    """ManagedOSImage → upgrade plan applied → reboot into `slot` → Ready, reporting the new version."""
+    before = (op.get("machineinventories", inv_name).get("status") or {}).get("plan", {}).get("checksum")
+    t.mark("before-upgrade")
+    start_upgrade(op, mos, version, op.registry_host)
+    m.expect(rf"elemental\.slot={slot}", timeout=1800)
+    t.mark("upgrade-applied-to-reboot")
+
+    def upgraded() -> dict[str, Any] | None:
+        inv = op.try_get("machineinventories", inv_name)
+        plan = ((inv or {}).get("status") or {}).get("plan") or {}
+        secret = plan_secret(op, inv_name)
+        if (
+            inv
+            and plan.get("state") == "Applied"
+            and plan.get("checksum") != before
+            and condition(inv, "Ready") == "True"
+            and secret.get("os-version") == image_version
+        ):
+            return inv
+        return None
+
+    inv: dict[str, Any] = op.wait(f"{inv_name} on {image_version}", upgraded, 1500, 3, lambda: _alive(m))
+    t.mark("upgrade-reboot-to-ready")
+    t.marks["upgrade-to-ready"] = round(
+        t.marks["upgrade-applied-to-reboot"] + t.marks["upgrade-reboot-to-ready"], 1
+    )
+    op.wait(
+        f"ManagedOSImage {mos} UpgradeComplete",
+        lambda: condition(op.get("managedosimages", mos), "Ready", "reason") == "UpgradeComplete",
+        120,
+        2,
+    )
+    return inv
+
+
+def rollback_machine(
+    op: Operator,
+    m: Machine,
+    inv_name: str,
+    t: Timings,
+    *,
+    mos: str,
+    version: str,
+    good_slot: str,
+    bad_slot: str,
+) -> tuple[dict[str, Any], int]:
+    """A version whose slot cannot pass boot assessment: three tries, then the machine is back on
+    `good_slot` by itself and the failure shows on the inventory and the ManagedOSImage."""
+    t.mark("before-rollback")
+    start_upgrade(op, mos, version, op.registry_host)
+    m.expect(rf"elemental\.slot={bad_slot}", timeout=1800)
+    t.mark("broken-upgrade-to-first-try")
+    for _ in range(2):
+        m.expect(rf"elemental\.slot={bad_slot}", timeout=900)
+    m.expect(rf"elemental\.slot={good_slot}", timeout=900)
+    t.mark("three-tries-then-fallback")
+
+    def failed() -> dict[str, Any] | None:
+        inv = op.try_get("machineinventories", inv_name)
+        plan = ((inv or {}).get("status") or {}).get("plan") or {}
+        return inv if inv and plan.get("state") == "Failed" else None
+
+    inv: dict[str, Any] = op.wait(f"{inv_name} plan Failed (rolled back)", failed, 900, 3, lambda: _alive(m))
+    t.mark("fallback-to-failure-reported")
+    tries = m.serial_log.read_text(errors="replace").count(f"initrd=\\EFI\\elemental\\{bad_slot}\\initrd")
+    return inv, tries
