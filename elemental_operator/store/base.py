@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Iterator, Mapping
+import copy
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,6 +120,37 @@ class Store(abc.ABC):
         """MachineRegistrations by status.registrationToken, SeedImages by status.downloadToken."""
         keys = ("registrationToken", "downloadToken")
         return [o for o in self.list(kind) if token in [(o.get("status") or {}).get(k) for k in keys]]
+
+    def upsert_inventory(
+        self,
+        *,
+        tpm_hash: str | None = None,
+        machine_hash: str | None = None,
+        new: Callable[[], Resource] | None,
+        modify: Callable[[Resource], Resource],
+        retries: int = 5,
+    ) -> tuple[Resource, bool]:
+        """Create or update the MachineInventory of one machine identity; ``(object, created)``.
+
+        When an inventory with this hash exists, ``modify`` gets a private copy of it and
+        returns the object to store (a no-op change writes nothing); otherwise ``new()`` builds
+        the object to create, and ``new=None`` raises NotFound instead. The SQL store does all
+        of it in one write transaction; this generic version re-reads and retries on Conflict.
+        """
+        for _ in range(retries):
+            current = self.find_inventory_by_hash(tpm_hash=tpm_hash, machine_hash=machine_hash)
+            if current is None:
+                if new is None:
+                    raise NotFound("MachineInventory not found")
+                try:
+                    return self.create(new()), True
+                except Conflict:
+                    continue  # the hash index refused it: another writer created it meanwhile
+            try:
+                return self.update(modify(copy.deepcopy(current))), False
+            except (Conflict, NotFound):
+                continue
+        raise Conflict("MachineInventory is being modified concurrently, retry later")
 
     def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
         """Take or renew a leader lease for ``ttl`` seconds; False while another holder has it."""

@@ -16,13 +16,12 @@ can never skip a row that commits later with a smaller number.
 from __future__ import annotations
 
 import builtins
-import copy
 import json
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +88,28 @@ leases = sa.Table(
     sa.Column("expires", sa.Float, nullable=False),
 )
 
+# Statements on the hot paths (registration, agent, watches) are built once: building a Core
+# expression and its cache key per call cost more than the SQLite statement itself.
+_B = sa.bindparam
+_SEL_OBJECT = sa.select(objects.c.data).where(
+    objects.c.kind == _B("b_kind"), objects.c.namespace == _B("b_ns"), objects.c.name == _B("b_name")
+)
+_SEL_BY_TPM_HASH = sa.select(objects.c.data).where(objects.c.tpm_hash == _B("b_hash"))
+_SEL_BY_MACHINE_HASH = sa.select(objects.c.data).where(objects.c.machine_hash == _B("b_hash"))
+_SEL_BY_TOKEN = sa.select(objects.c.data).where(
+    objects.c.kind == _B("b_kind"), objects.c.token == _B("b_token")
+)
+_SEL_MAX_SEQ = sa.select(sa.func.coalesce(sa.func.max(changes.c.seq), 0))
+_INS_OBJECT = objects.insert()
+_UPD_OBJECT = objects.update().where(
+    objects.c.kind == _B("b_kind"), objects.c.namespace == _B("b_ns"), objects.c.name == _B("b_name")
+)
+_DEL_OWNED = owners.delete().where(
+    owners.c.kind == _B("b_kind"), owners.c.namespace == _B("b_ns"), owners.c.name == _B("b_name")
+)
+_INS_OWNER = owners.insert()
+_INS_CHANGE = changes.insert()
+
 _PG_WRITE_LOCK = 0x454C454D  # "ELEM": one advisory lock id shared by every writer
 _KEEP_CHANGES = 100_000  # change-log rows retained for watches that fall behind
 _PRUNE_EVERY = 1_000
@@ -148,11 +169,21 @@ class SqlStore(Store):
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def _read_one(self, stmt: sa.Select[Any], params: dict[str, Any]) -> builtins.list[Any]:
+        """Rows of one SELECT. A single statement is atomic on its own: SQLite runs it without
+        an explicit BEGIN/COMMIT round trip (PostgreSQL's driver still wraps it)."""
+        with self.engine.connect() as conn:
+            conn.info["autocommit"] = True
+            try:
+                return builtins.list(conn.execute(stmt, params).all())
+            finally:
+                conn.info["autocommit"] = False
+
     def _next_seq(self, conn: Connection) -> int:
-        return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(changes.c.seq), 0))).scalar_one()) + 1
+        return int(conn.execute(_SEL_MAX_SEQ).scalar_one()) + 1
 
     def _log(self, conn: Connection, type_: EventType, obj: Resource, seq: int) -> None:
-        conn.execute(changes.insert().values(seq=seq, kind=obj["kind"], type=type_, data=_dumps(obj)))
+        conn.execute(_INS_CHANGE, {"seq": seq, "kind": obj["kind"], "type": type_, "data": _dumps(obj)})
         with self._lock:
             self._writes += 1
             prune = self._writes % _PRUNE_EVERY == 0
@@ -160,14 +191,14 @@ class SqlStore(Store):
             conn.execute(changes.delete().where(changes.c.seq <= seq - _KEEP_CHANGES))
 
     def _load(self, conn: Connection, kind: str, namespace: str, name: str) -> Resource | None:
-        row = conn.execute(
-            sa.select(objects.c.data).where(
-                objects.c.kind == kind, objects.c.namespace == namespace, objects.c.name == name
-            )
-        ).first()
+        row = conn.execute(_SEL_OBJECT, {"b_kind": kind, "b_ns": namespace, "b_name": name}).first()
         return None if row is None else dict(json.loads(row[0]))
 
-    def _store_row(self, conn: Connection, obj: Resource, insert: bool) -> None:
+    def _store_row(
+        self, conn: Connection, obj: Resource, insert: bool, old_refs: set[str] | None = None
+    ) -> None:
+        """Write the object row and its owner edges. ``old_refs``: the owner uids stored before
+        (None = unknown), so an update that keeps them skips rewriting the edges."""
         meta = obj["metadata"]
         tpm, mach = _hashes(obj)
         values = {
@@ -178,38 +209,44 @@ class SqlStore(Store):
             "token": _token_of(obj),
             "data": _dumps(obj),
         }
-        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        key = {"b_kind": obj["kind"], "b_ns": meta.get("namespace", ""), "b_name": meta["name"]}
+        stmt: sa.Insert | sa.Update = _UPD_OBJECT
+        params = key
+        if insert:
+            stmt, params = (
+                _INS_OBJECT,
+                {"kind": key["b_kind"], "namespace": key["b_ns"], "name": key["b_name"]},
+            )
         try:
-            # A savepoint keeps a unique-index clash from aborting the whole PostgreSQL transaction.
-            with conn.begin_nested():
-                if insert:
-                    conn.execute(
-                        objects.insert().values(kind=key[0], namespace=key[1], name=key[2], **values)
-                    )
-                else:
-                    conn.execute(
-                        objects.update()
-                        .where(
-                            objects.c.kind == key[0], objects.c.namespace == key[1], objects.c.name == key[2]
-                        )
-                        .values(**values)
-                    )
+            if self.dialect == "sqlite":
+                # SQLite undoes just the failing statement; the transaction stays usable.
+                conn.execute(stmt, {**params, **values})
+            else:
+                # A savepoint keeps a unique-index clash from aborting the PostgreSQL transaction.
+                with conn.begin_nested():
+                    conn.execute(stmt, {**params, **values})
         except IntegrityError as exc:
             raise Conflict(
-                f"{obj['kind']} {key[1]}/{key[2]}: another object already has this identity "
+                f"{obj['kind']} {key['b_ns']}/{key['b_name']}: another object already has this identity "
                 f"(tpmHash/machineHash/uid): {exc.orig}"
             ) from None
-        conn.execute(
-            owners.delete().where(
-                owners.c.kind == key[0], owners.c.namespace == key[1], owners.c.name == key[2]
-            )
-        )
         refs = {r["uid"] for r in meta.get("ownerReferences") or ()}
-        if refs:
-            conn.execute(
-                owners.insert(),
-                [{"owner_uid": u, "kind": key[0], "namespace": key[1], "name": key[2]} for u in refs],
-            )
+        if insert or old_refs != refs:
+            if not insert:
+                conn.execute(_DEL_OWNED, key)
+            if refs:
+                conn.execute(
+                    _INS_OWNER,
+                    [
+                        {
+                            "owner_uid": u,
+                            "kind": key["b_kind"],
+                            "namespace": key["b_ns"],
+                            "name": key["b_name"],
+                        }
+                        for u in refs
+                    ],
+                )
 
     @staticmethod
     def _namespace(obj: Resource) -> str:
@@ -220,11 +257,10 @@ class SqlStore(Store):
 
     def get(self, kind: str, namespace: str, name: str) -> Resource:
         ns = namespace if kind_info(kind).namespaced else ""
-        with self._read() as conn:
-            obj = self._load(conn, kind, ns, name)
-        if obj is None:
+        rows = self._read_one(_SEL_OBJECT, {"b_kind": kind, "b_ns": ns, "b_name": name})
+        if not rows:
             raise NotFound(f"{kind} {namespace}/{name} not found")
-        return obj
+        return dict(json.loads(rows[0][0]))
 
     def list(
         self,
@@ -259,13 +295,15 @@ class SqlStore(Store):
 
     def find_by_token(self, kind: str, token: str) -> builtins.list[Resource]:
         """Objects whose lookup token (registrationToken / downloadToken) equals ``token``."""
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(objects.c.data).where(objects.c.kind == kind, objects.c.token == token)
-            ).all()
+        rows = self._read_one(_SEL_BY_TOKEN, {"b_kind": kind, "b_token": token})
         return [json.loads(r[0]) for r in rows]
 
     def create(self, obj: Resource) -> Resource:
+        obj = self._prepare_create(obj)
+        with self._write() as conn:
+            return self._insert_locked(conn, obj)
+
+    def _prepare_create(self, obj: Resource) -> Resource:
         obj = validate(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
@@ -283,13 +321,17 @@ class SqlStore(Store):
         meta["uid"] = str(uuid.uuid4())
         meta["generation"] = 1
         meta["creationTimestamp"] = now_rfc3339()
-        with self._write() as conn:
-            if self._load(conn, obj["kind"], ns, meta["name"]) is not None:
-                raise AlreadyExists(f"{obj['kind']} {ns}/{meta['name']} already exists")
-            seq = self._next_seq(conn)
-            meta["resourceVersion"] = str(seq)
-            self._store_row(conn, obj, insert=True)
-            self._log(conn, "ADDED", obj, seq)
+        return obj
+
+    def _insert_locked(self, conn: Connection, obj: Resource) -> Resource:
+        meta = obj["metadata"]
+        ns = self._namespace(obj)
+        if self._load(conn, obj["kind"], ns, meta["name"]) is not None:
+            raise AlreadyExists(f"{obj['kind']} {ns}/{meta['name']} already exists")
+        seq = self._next_seq(conn)
+        meta["resourceVersion"] = str(seq)
+        self._store_row(conn, obj, insert=True)
+        self._log(conn, "ADDED", obj, seq)
         return obj
 
     def update(self, obj: Resource) -> Resource:
@@ -300,56 +342,67 @@ class SqlStore(Store):
 
     def _update(self, obj: Resource, status_only: bool) -> Resource:
         obj = validate(obj)
+        with self._write() as conn:
+            return self._update_locked(conn, obj, status_only)
+
+    def _update_locked(
+        self, conn: Connection, obj: Resource, status_only: bool, cur: Resource | None = None
+    ) -> Resource:
+        """Apply a validated ``obj`` over the stored one (``cur`` when already loaded in ``conn``)."""
         meta = obj["metadata"]
         ns = self._namespace(obj)
-        with self._write() as conn:
-            cur = self._load(conn, obj["kind"], ns, meta.get("name", ""))
-            if cur is None:
-                raise NotFound(f"{obj['kind']} {ns}/{meta.get('name')} not found")
-            cmeta = cur["metadata"]
-            want_rv = meta.get("resourceVersion")
-            if want_rv and want_rv != cmeta["resourceVersion"]:
-                raise Conflict(
-                    f"{obj['kind']} {ns}/{cmeta['name']}: resourceVersion {want_rv} is stale "
-                    f"(now {cmeta['resourceVersion']})"
-                )
-            if meta.get("uid") and meta["uid"] != cmeta["uid"]:
-                raise Conflict(f"{obj['kind']} {ns}/{cmeta['name']}: uid precondition failed")
-            new = copy.deepcopy(cur)
-            if status_only:
-                if obj.get("status") is None:
-                    new.pop("status", None)
-                else:
-                    new["status"] = obj["status"]
+        name = meta.get("name", "")
+        if cur is None or (cur["metadata"].get("namespace", ""), cur["metadata"]["name"]) != (ns, name):
+            cur = self._load(conn, obj["kind"], ns, name)
+        if cur is None:
+            raise NotFound(f"{obj['kind']} {ns}/{name} not found")
+        cmeta = cur["metadata"]
+        want_rv = meta.get("resourceVersion")
+        if want_rv and want_rv != cmeta["resourceVersion"]:
+            raise Conflict(
+                f"{obj['kind']} {ns}/{cmeta['name']}: resourceVersion {want_rv} is stale "
+                f"(now {cmeta['resourceVersion']})"
+            )
+        if meta.get("uid") and meta["uid"] != cmeta["uid"]:
+            raise Conflict(f"{obj['kind']} {ns}/{cmeta['name']}: uid precondition failed")
+        # Shallow: top-level values are replaced, never mutated, and ``cur`` is private to this call.
+        new = dict(cur)
+        new["metadata"] = dict(cmeta)
+        if status_only:
+            if obj.get("status") is None:
+                new.pop("status", None)
             else:
-                for key in set(new) | set(obj):
-                    if key in ("apiVersion", "kind", "metadata", "status"):
-                        continue
-                    if key in obj:
-                        new[key] = obj[key]
-                    else:
-                        new.pop(key, None)
-                if new["kind"] == "Secret":
-                    _merge_string_data(new)
-                nmeta = {k: v for k, v in meta.items() if k not in _SERVER_FIELDS}
-                nmeta.update({k: cmeta[k] for k in _SERVER_FIELDS if k in cmeta})
-                nmeta["namespace"] = cmeta.get("namespace", "")
-                if not nmeta["namespace"]:
-                    nmeta.pop("namespace")
-                if new.get("spec") != cur.get("spec"):
-                    nmeta["generation"] = int(cmeta.get("generation", 1)) + 1
-                new["metadata"] = nmeta
-            if new == cur:
-                return cur  # no-op writes do not bump resourceVersion (keeps reconcilers quiet)
-            nmeta = new["metadata"]
-            seq = self._next_seq(conn)
-            if nmeta.get("deletionTimestamp") and not nmeta.get("finalizers"):
-                nmeta["resourceVersion"] = str(seq)
-                self._remove(conn, new, seq)
-                return new
+                new["status"] = obj["status"]
+        else:
+            for key in set(new) | set(obj):
+                if key in ("apiVersion", "kind", "metadata", "status"):
+                    continue
+                if key in obj:
+                    new[key] = obj[key]
+                else:
+                    new.pop(key, None)
+            if new["kind"] == "Secret":
+                _merge_string_data(new)
+            nmeta = {k: v for k, v in meta.items() if k not in _SERVER_FIELDS}
+            nmeta.update({k: cmeta[k] for k in _SERVER_FIELDS if k in cmeta})
+            nmeta["namespace"] = cmeta.get("namespace", "")
+            if not nmeta["namespace"]:
+                nmeta.pop("namespace")
+            if new.get("spec") != cur.get("spec"):
+                nmeta["generation"] = int(cmeta.get("generation", 1)) + 1
+            new["metadata"] = nmeta
+        if new == cur:
+            return cur  # no-op writes do not bump resourceVersion (keeps reconcilers quiet)
+        nmeta = new["metadata"]
+        seq = self._next_seq(conn)
+        if nmeta.get("deletionTimestamp") and not nmeta.get("finalizers"):
             nmeta["resourceVersion"] = str(seq)
-            self._store_row(conn, new, insert=False)
-            self._log(conn, "MODIFIED", new, seq)
+            self._remove(conn, new, seq)
+            return new
+        nmeta["resourceVersion"] = str(seq)
+        old_refs = {r["uid"] for r in cmeta.get("ownerReferences") or ()}
+        self._store_row(conn, new, insert=False, old_refs=old_refs)
+        self._log(conn, "MODIFIED", new, seq)
         return new
 
     def delete(self, kind: str, namespace: str, name: str) -> Resource | None:
@@ -368,7 +421,8 @@ class SqlStore(Store):
                 return cur
             meta["deletionTimestamp"] = now_rfc3339()
             meta["resourceVersion"] = str(seq)
-            self._store_row(conn, cur, insert=False)
+            refs = {r["uid"] for r in meta.get("ownerReferences") or ()}
+            self._store_row(conn, cur, insert=False, old_refs=refs)
             self._log(conn, "MODIFIED", cur, seq)
             return cur
         meta["resourceVersion"] = str(seq)
@@ -420,15 +474,35 @@ class SqlStore(Store):
     def find_inventory_by_hash(
         self, *, tpm_hash: str | None = None, machine_hash: str | None = None
     ) -> Resource | None:
-        if tpm_hash:
-            cond = objects.c.tpm_hash == tpm_hash
-        elif machine_hash:
-            cond = objects.c.machine_hash == machine_hash
-        else:
+        stmt = _hash_query(tpm_hash, machine_hash)
+        if stmt is None:
             return None
-        with self._read() as conn:
-            row = conn.execute(sa.select(objects.c.data).where(cond)).first()
-        return None if row is None else dict(json.loads(row[0]))
+        rows = self._read_one(stmt, {"b_hash": tpm_hash or machine_hash})
+        return dict(json.loads(rows[0][0])) if rows else None
+
+    def upsert_inventory(
+        self,
+        *,
+        tpm_hash: str | None = None,
+        machine_hash: str | None = None,
+        new: Callable[[], Resource] | None,
+        modify: Callable[[Resource], Resource],
+        retries: int = 5,
+    ) -> tuple[Resource, bool]:
+        """One write transaction: look the hash up, then update or create (see Store)."""
+        stmt = _hash_query(tpm_hash, machine_hash)
+        if stmt is None:
+            raise StoreError("upsert_inventory: a tpm_hash or machine_hash is required")
+        with self._write() as conn:
+            row = conn.execute(stmt, {"b_hash": tpm_hash or machine_hash}).first()
+            if row is None:
+                if new is None:
+                    raise NotFound("MachineInventory not found")
+                return self._insert_locked(conn, self._prepare_create(new())), True
+            # Two parses of the row: cheaper than a deep copy, and ``cur`` stays pristine.
+            cur = json.loads(row[0])
+            obj = validate(modify(json.loads(row[0])))
+            return self._update_locked(conn, obj, status_only=False, cur=cur), False
 
     def watch(
         self,
@@ -495,6 +569,14 @@ class SqlStore(Store):
         self.engine.dispose()
 
 
+def _hash_query(tpm_hash: str | None, machine_hash: str | None) -> sa.Select[Any] | None:
+    if tpm_hash:
+        return _SEL_BY_TPM_HASH
+    if machine_hash:
+        return _SEL_BY_MACHINE_HASH
+    return None
+
+
 _SERVER_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "generation", "resourceVersion")
 
 
@@ -523,8 +605,12 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
+        if conn.info.get("autocommit"):
+            return  # one SELECT (_read_one): atomic by itself, no transaction round trips
         # Writers take the lock up front: no deadlock-prone read→write upgrades, ordered seqs.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
+        # Straight to the driver: exec_driver_sql costs a full SQLAlchemy execution per BEGIN.
+        driver: Any = conn.connection.driver_connection
+        driver.execute("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
     return engine
 
