@@ -41,6 +41,40 @@ def test_activation_roundtrip(swtpm: Swtpm, ek_alg: str, ak_alg: str) -> None:  
         assert _roundtrip(tpm) == (ek, True)
 
 
+@pytest.mark.parametrize("alg", ["rsa", "ecc"])
+def test_make_credential_matches_tpm2_pytss(alg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our direct MakeCredential computes what tpm2-pytss's does, byte for byte, given the same
+    seed (RSA; OAEP padding itself is randomised) or the same ephemeral key (ECC)."""
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from tpm2_pytss.internal import crypto as tss_crypto
+    from tpm2_pytss.utils import make_credential as tss_make_credential
+
+    name = bytes.fromhex("000b") + bytes(range(32))
+    credential = bytes(range(100, 132))
+    if alg == "rsa":
+        private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = rsa.generate_private_key(65537, 2048)
+        seed = bytes(range(32))
+        monkeypatch.setattr(secrets, "token_bytes", lambda n: seed[:n])
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+        ephemeral = ec.generate_private_key(ec.SECP256R1())
+        monkeypatch.setattr(ec, "generate_private_key", lambda *a, **k: ephemeral)
+        monkeypatch.setattr(tss_crypto.ec, "generate_private_key", lambda *a, **k: ephemeral)
+    ours = A.make_credential(private.public_key(), credential, name)
+    theirs = tss_make_credential(A.ek_tpm_public(private.public_key()), credential, name)
+    assert ours[0] == theirs[0].marshal()
+    if alg == "ecc":
+        assert ours[1] == theirs[1].marshal()
+    else:
+        assert isinstance(private, rsa.RSAPrivateKey)
+        label = b"IDENTITY\x00"
+        oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=label)
+        assert private.decrypt(ours[1][2:], oaep) == seed
+        assert int.from_bytes(ours[1][:2], "big") == len(ours[1]) - 2
+
+
 def test_emulated_seed_is_deterministic(swtpm_factory: Callable[[], Swtpm]) -> None:  # noqa: F811
     hashes_seen = {}
     for seed in (1, 1, 7):
