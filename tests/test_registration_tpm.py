@@ -452,3 +452,37 @@ def test_garbage_frames_keep_the_server_serving(operator: InProcessOperator) -> 
     # Still serving: a complete registration succeeds.
     register(cfg_for(operator, reg, auth="mac"), State(), source=source())
     assert len(inventories(operator)) == 1
+
+
+@pytest.mark.parametrize("version", [P.MsgType.CONFIG, P.MsgType.NETWORK_CONFIG])
+def test_config_yaml_with_cached_static_parts(operator: InProcessOperator, version: int) -> None:
+    """The Config reply assembled from the per-registration cached YAML is byte for byte the
+    YAML of the whole config, and a registration update (new resourceVersion) is seen."""
+    from elemental_operator.registration import handler
+
+    reg = operator.add_registration(
+        machineName="m-1",
+        config={
+            "elemental": {
+                "install": {"device": "/dev/vda", "debug": True, "config-urls": ["a", "b"]},
+                "reset": {"enabled": True},
+                "registration": {"auth": "tpm", "emulate-tpm": True, "emulated-tpm-seed": 5},
+            },
+            "cloud-config": {"users": [{"name": "root", "passwd": "x" * 120}], "write_files": []},
+            "network": {"configurator": "nmc", "config": {"dns": {"servers": ["1.1.1.1"]}}},
+        },
+    )
+    inv = {
+        "metadata": {"name": "m-1", "namespace": "fleet", "uid": "u-1"},
+        "spec": {"tpmHash": "ab", "network": {"configurator": "nmc", "config": {"k": "v"}}},
+    }
+    session = handler._Session(registration=reg, ctx=operator.ctx, identity=handler._Identity(auth="tpm"))
+    session.version = version
+    for _ in range(2):  # second round from the cache
+        data = session.config_yaml(inv)
+        assert data == P.encode_yaml(session.config(inv))
+        assert yaml.safe_load(data) == session.config(inv)
+    reg["spec"]["config"]["elemental"]["install"]["device"] = "/dev/sda"
+    reg = operator.store.update(reg)
+    session.registration = reg
+    assert yaml.safe_load(session.config_yaml(inv))["elemental"]["install"]["device"] == "/dev/sda"

@@ -8,8 +8,9 @@ The HTTP layer looks the MachineRegistration up by token and calls:
   websocket upgrade. It never raises for anything the peer sends: protocol errors are
   answered with an ``Error`` frame and the function returns; the caller then closes.
 
-The MachineInventory is written exactly once per session, at ``Get``, so a session that
-breaks off midway leaves nothing behind.
+The MachineInventory is written exactly once per session, at ``Get``, in one store
+transaction (look the machine up, create or update), so a session that breaks off midway
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -139,9 +140,12 @@ class _Identity:
     machine_hash: str = ""
 
     def find(self, ctx: OperatorContext) -> Resource | None:
+        return ctx.store.find_inventory_by_hash(**self.hashes())
+
+    def hashes(self) -> dict[str, str | None]:
         if self.tpm_hash:
-            return ctx.store.find_inventory_by_hash(tpm_hash=self.tpm_hash)
-        return ctx.store.find_inventory_by_hash(machine_hash=self.machine_hash)
+            return {"tpm_hash": self.tpm_hash}
+        return {"machine_hash": self.machine_hash}
 
 
 @dataclass
@@ -149,7 +153,8 @@ class _Session:
     registration: Resource
     ctx: OperatorContext
     identity: _Identity
-    existing: Resource | None
+    # Set when the client sent Update: its inventory must still exist at Get.
+    updating: bool = False
     templater: Templater = field(default_factory=Templater)
     client_labels: dict[str, str] = field(default_factory=dict)
     client_annotations: dict[str, str] = field(default_factory=dict)
@@ -264,67 +269,113 @@ class _Session:
         meta["annotations"] = annotations
         return inventory
 
-    def commit(self) -> Resource:
-        """Create or update the inventory (blocking store calls: run in a worker thread)."""
-        store = self.ctx.store
-        if self.existing is None:
+    def commit(self) -> tuple[Resource, bool]:
+        """Create or update the machine's inventory in one store transaction: ``(inventory,
+        created)``. Blocking store call: run it in a worker thread."""
+        names: list[str] = []
+
+        def new() -> Resource:
             inventory = self.apply(self._new_inventory())
-            try:
-                return store.create(inventory)
-            except AlreadyExists:
-                name = inventory["metadata"]["name"]
-                raise RegistrationFailed(f"MachineInventory {name} already exists") from None
-            except ValidationError as exc:
-                raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
-            except Conflict:
-                # The hash index refused it: another session registered this machine meanwhile.
-                raise RegistrationFailed("a MachineInventory for this machine already exists") from None
-        for _ in range(COMMIT_RETRIES):
-            current = self.identity.find(self.ctx)
-            if current is None:
-                raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND)
-            try:
-                return store.update(self.apply(copy.deepcopy(current)))
-            except Conflict:
-                continue  # concurrent writer (controller): re-read and re-apply
-            except NotFound:
-                raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND) from None
-            except ValidationError as exc:
-                raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
-        raise RegistrationFailed("MachineInventory is being modified concurrently, retry later")
+            names.append(inventory["metadata"]["name"])
+            return inventory
+
+        try:
+            return self.ctx.store.upsert_inventory(
+                **self.identity.hashes(),
+                new=None if self.updating else new,
+                modify=self.apply,
+                retries=COMMIT_RETRIES,
+            )
+        except AlreadyExists:
+            name = names[-1] if names else ""
+            raise RegistrationFailed(f"MachineInventory {name} already exists") from None
+        except ValidationError as exc:
+            raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
+        except NotFound:
+            raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND) from None
+        except Conflict:
+            # The hash index refused a create, or a concurrent writer kept winning.
+            raise RegistrationFailed("a MachineInventory for this machine already exists") from None
 
     def config(self, inventory: Resource) -> dict[str, Any]:
-        """Config YAML returned on Get (Go's writeMachineInventoryCloudConfig)."""
+        """Config returned on Get (Go's writeMachineInventoryCloudConfig)."""
         reg = self.registration
-        elemental = _get(reg, "spec", "config", "elemental") or {}
-        meta = inventory["metadata"]
-        out: dict[str, Any] = {
-            "elemental": {
-                "install": copy.deepcopy(elemental.get("install") or {}),
-                "reset": copy.deepcopy(elemental.get("reset") or {}),
-                "registration": client_registration_config(reg, self.ctx),
-                "system-agent": {
-                    "url": self.ctx.public_url,
-                    "token": self.ctx.agent_token(inventory),
-                    "secret-name": meta["name"],
-                    "secret-namespace": meta["namespace"],
-                    "strictTLSMode": True,
-                },
-            },
-        }
+        out: dict[str, Any] = {"elemental": _static_config(reg, self.ctx)["elemental"]}
+        out["elemental"]["system-agent"] = self._agent_config(inventory)
         cloud_config = _get(reg, "spec", "config", "cloud-config")
         if cloud_config:
             out["cloud-config"] = copy.deepcopy(cloud_config)
+        network = self._network_config(inventory)
+        if network is not None:
+            out["network"] = network
+        return out
+
+    def config_yaml(self, inventory: Resource) -> bytes:
+        """``encode_yaml(self.config(inventory))``, with the parts that depend only on the
+        registration rendered once per registration resourceVersion (``_static_yaml``)."""
+        head, cloud_config = _static_yaml(self.registration, self.ctx)
+        agent = P.encode_yaml({"system-agent": self._agent_config(inventory)})
+        out = head + b"".join(b"  " + line for line in agent.splitlines(keepends=True)) + cloud_config
+        network = self._network_config(inventory)
+        if network is not None:
+            out += P.encode_yaml({"network": network})
+        return out
+
+    def _agent_config(self, inventory: Resource) -> dict[str, Any]:
+        meta = inventory["metadata"]
+        return {
+            "url": self.ctx.public_url,
+            "token": self.ctx.agent_token(inventory),
+            "secret-name": meta["name"],
+            "secret-namespace": meta["namespace"],
+            "strictTLSMode": True,
+        }
+
+    def _network_config(self, inventory: Resource) -> dict[str, Any] | None:
         network = _get(inventory, "spec", "network")
         if self.version >= P.MsgType.NETWORK_CONFIG and isinstance(network, dict):
             if (network.get("configurator") or "none") != "none":
                 # Elemental appends this as a second YAML map to the same document; a key is cleaner.
-                out["network"] = {
+                return {
                     "configurator": network.get("configurator"),
                     "ipAddresses": copy.deepcopy(network.get("ipAddresses") or {}),
                     "config": copy.deepcopy(network.get("config") or {}),
                 }
-        return out
+        return None
+
+
+def _static_config(registration: Resource, ctx: OperatorContext) -> dict[str, Any]:
+    elemental = _get(registration, "spec", "config", "elemental") or {}
+    return {
+        "elemental": {
+            "install": copy.deepcopy(elemental.get("install") or {}),
+            "reset": copy.deepcopy(elemental.get("reset") or {}),
+            "registration": client_registration_config(registration, ctx),
+        }
+    }
+
+
+# (uid, resourceVersion, public URL, CA) of a registration → its rendered static config parts.
+_STATIC_YAML: dict[tuple[str, str, str, str], tuple[bytes, bytes]] = {}
+_STATIC_YAML_MAX = 256
+
+
+def _static_yaml(registration: Resource, ctx: OperatorContext) -> tuple[bytes, bytes]:
+    """YAML of ``elemental.{install,reset,registration}`` (the head of the Config, to which the
+    per-machine ``system-agent`` is appended at indent 2) and of ``cloud-config``."""
+    meta = registration.get("metadata") or {}
+    key = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")), ctx.public_url, ctx.ca_cert_pem)
+    cached = _STATIC_YAML.get(key) if key[0] and key[1] else None
+    if cached is not None:
+        return cached
+    head = P.encode_yaml(_static_config(registration, ctx))
+    cloud_config = _get(registration, "spec", "config", "cloud-config")
+    tail = P.encode_yaml({"cloud-config": copy.deepcopy(cloud_config)}) if cloud_config else b""
+    if key[0] and key[1]:
+        if len(_STATIC_YAML) >= _STATIC_YAML_MAX:
+            _STATIC_YAML.clear()
+        _STATIC_YAML[key] = (head, tail)
+    return head, tail
 
 
 async def _store(fn: Any, *args: Any) -> Any:
@@ -397,8 +448,7 @@ async def serve_registration(
         identity = await _authenticate(ch, authorization, registration, ctx)
         if identity is None:
             return
-        existing = await _store(identity.find, ctx)
-        session = _Session(registration=registration, ctx=ctx, identity=identity, existing=existing)
+        session = _Session(registration=registration, ctx=ctx, identity=identity)
         await ch.write(P.MsgType.READY)
         for _ in range(MAX_MESSAGES):
             msg_type, payload = await ch.read()
@@ -414,7 +464,8 @@ async def serve_registration(
             elif msg_type == P.MsgType.ANNOTATIONS:
                 session.client_annotations.update(P.decode_string_map(payload))
             elif msg_type == P.MsgType.UPDATE:
-                if session.existing is None:
+                session.updating = True
+                if await _store(identity.find, ctx) is None:
                     log.warning(
                         "registration from %s: MachineInventory not found but the machine is "
                         "still running; reprovisioning is needed",
@@ -422,8 +473,8 @@ async def serve_registration(
                     )
                     raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND)
             elif msg_type == P.MsgType.GET:
-                inventory = await _store(session.commit)
-                data = P.encode_yaml(session.config(inventory))
+                inventory, created = await _store(session.commit)
+                data = session.config_yaml(inventory)
                 if session.version and session.version < P.MsgType.CONFIG:
                     await ch.send_raw(data)  # pre-1.1.1 clients read raw YAML
                 else:
@@ -431,7 +482,7 @@ async def serve_registration(
                 log.info(
                     "registration from %s: %s MachineInventory %s/%s",
                     remote_ip,
-                    "updated" if session.existing else "created",
+                    "created" if created else "updated",
                     inventory["metadata"]["namespace"],
                     inventory["metadata"]["name"],
                 )
