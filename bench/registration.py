@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -377,6 +378,7 @@ def main() -> None:
             sw.stop()
         server.terminate()
         server.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
