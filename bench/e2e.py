@@ -72,9 +72,17 @@ def lifecycle(results: Path, steps: set[str]) -> dict[str, float]:
                 reset_machine(op, m, name, t)
                 out["reset"] = t.marks["reset-to-ready"]
             if "upgrade" in steps:
-                from lifecycle import upgrade_machine
+                from harness import OUT, Registry, derive_os_version
+                from lifecycle import publish_versions, upgrade_machine
 
-                upgrade_machine(op, m, name, t, results)
+                derive_os_version(OUT / "os", results / "os-0.2.0", "0.2.0")
+                with Registry({"elemental-os": results / "os-0.2.0"}, results / "registry.log") as reg:
+                    op.registry_host = reg.host
+                    publish_versions(op, reg.host, results, {"v0.2.0": "elemental-os:0.2.0"})
+                    # after a reset the machine runs slot A, so the upgrade goes to B
+                    upgrade_machine(
+                        op, m, name, t, mos="bench", version="v0.2.0", image_version="0.2.0", slot="b"
+                    )
                 out["upgrade"] = t.marks["upgrade-to-ready"]
     finally:
         op.stop()

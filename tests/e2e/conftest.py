@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -36,7 +37,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # A CI timeout sends SIGTERM: unwind like Ctrl-C so fixtures stop QEMU, swtpm and the operator.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _terminate)
     config.addinivalue_line("markers", "e2e: end-to-end lifecycle test in QEMU (cheap variant, in make test)")
     config.addinivalue_line("markers", "e2e_full: end-to-end test run only with --run-e2e (make e2e)")
 

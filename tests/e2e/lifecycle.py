@@ -158,13 +158,17 @@ def reset_machine(
     t.mark("reset-plan-to-recovery")
 
     def reregistered() -> dict[str, Any] | None:
-        inv = op.try_get("machineinventories", inv_name)
-        if inv and inv["metadata"]["uid"] != old_uid and not inv["metadata"].get("deletionTimestamp"):
-            return inv
+        for inv in op.inventories():
+            meta = inv["metadata"]
+            same_machine = (inv.get("spec") or {}).get("tpmHash") == tpm_hash
+            if same_machine and meta["uid"] != old_uid and not meta.get("deletionTimestamp"):
+                return inv
         return None
 
-    new = op.wait("a new inventory after the reset", reregistered, timeout, 3, lambda: _alive(m))
-    assert new["spec"].get("tpmHash") == tpm_hash, (new["spec"], tpm_hash)
+    new = op.wait("a new inventory with the same TPM hash", reregistered, timeout, 3, lambda: _alive(m))
+    # the recovery system sends SMBIOS data too: same templated name and labels as before
+    assert new["metadata"]["name"] == inv_name, new["metadata"]
+    assert new["metadata"].get("labels") == old["metadata"].get("labels"), new["metadata"]
     t.mark("recovery-to-reregistered")
     m.expect(r"elemental\.slot=a", timeout=900)
     inv = wait_ready(op, m, inv_name, timeout=timeout)
