@@ -266,8 +266,17 @@ def pack_seed(registration: bytes, dest: Path, *, work: Path | None = None) -> P
         registration=registration,
         registration_source="e2e",
     )
-    work = work or RESULTS / "e2e-work" / "iso"
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if work is None:
+        # The ESP image (the 120 MB UKI on FAT) is shared between runs; the rest of the work
+        # directory (registration.yaml) is per ISO, so concurrent packs do not mix files.
+        shared = RESULTS / "e2e-work" / "iso"
+        shared.mkdir(parents=True, exist_ok=True)
+        pack.make_esp(uki, shared / "esp.img")
+        work = dest.with_name(dest.name + ".work")
+        fresh_dir(work)
+        for name in ("esp.img", "esp.stamp"):
+            os.link(shared / name, work / name)
     pack.make_iso(inputs, work, dest)
     return dest
 
