@@ -220,6 +220,13 @@ def slot_record(image: SystemImage, generation: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- install
 
 
+def format_persistent(layout: disk.Layout, var: Path) -> None:
+    """(Re)create COS_PERSISTENT, seeded with the image's /var (mounted there at run time)."""
+    part = layout.part("persistent")
+    seed = ["-d", str(var)] if var.is_dir() else []
+    run(["mkfs.ext4", "-q", "-F", "-L", disk.LABEL_PERSISTENT, "-U", part.uuid, *seed, part.device])
+
+
 def install(
     config: dict[str, Any],
     progress: Progress | None = None,
@@ -300,19 +307,7 @@ def deploy(
     run(["wipefs", "--all", "--quiet", layout.part("b").device], check=False)
     progress("formatting persistent", 75)
     var = image.rootfs / "var"
-    run(
-        [
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            disk.LABEL_PERSISTENT,
-            "-U",
-            layout.part("persistent").uuid,
-            *(["-d", str(var)] if var.is_dir() else []),
-            layout.part("persistent").device,
-        ]
-    )
+    format_persistent(layout, var)
     progress("writing OEM configuration", 82)
     staging = tmp / "oem"
     staging.mkdir(mode=0o755)
@@ -581,19 +576,7 @@ def reset(
             if rs.get("reset-persistent", True):
                 progress("formatting persistent", 10)
                 var = rec_mnt / "var"
-                run(
-                    [
-                        "mkfs.ext4",
-                        "-q",
-                        "-F",
-                        "-L",
-                        disk.LABEL_PERSISTENT,
-                        "-U",
-                        layout.part("persistent").uuid,
-                        *(["-d", str(var)] if var.is_dir() else []),
-                        layout.part("persistent").device,
-                    ]
-                )
+                format_persistent(layout, var)
         finally:
             run(["umount", str(rec_mnt)], check=False)
         progress("restoring system slot A", 30)
