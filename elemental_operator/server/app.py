@@ -197,21 +197,30 @@ async def agent_plan(request: web.Request) -> web.Response:
     )
 
 
+def _retry_on_conflict(write: Callable[[], None], what: str, attempts: int = 10) -> None:
+    """Re-read and re-apply a small change when a controller wrote the object in between."""
+    for _ in range(attempts):
+        try:
+            write()
+            return
+        except Conflict:
+            continue
+    raise Conflict(f"{what} kept changing")
+
+
 def _merge_plan_status(ctx: OperatorContext, inv: Resource, values: dict[str, str]) -> None:
     import base64
 
     meta = inv["metadata"]
-    for _ in range(10):
+
+    def write() -> None:
         secret = ctx.store.get("Secret", meta["namespace"], meta["name"])
         data = secret.setdefault("data", {})
         for key, value in values.items():
             data[key] = base64.b64encode(value.encode()).decode()
-        try:
-            ctx.store.update(secret)
-            return
-        except Conflict:
-            continue
-    raise Conflict("plan secret kept changing")
+        ctx.store.update(secret)
+
+    _retry_on_conflict(write, "plan secret")
 
 
 async def agent_plan_status(request: web.Request) -> web.Response:
@@ -246,15 +255,13 @@ def _record_progress(ctx: OperatorContext, inv: Resource, stage: str, percent: f
     failed = stage.lower() in ("failed", "failure", "error")
     status = "False" if failed else ("True" if percent >= 100 else "Unknown")
     text = f"{stage}: {percent:g}%" + (f" {message}" if message else "")
-    for _ in range(10):
+
+    def write() -> None:
         cur = ctx.store.get("MachineInventory", meta["namespace"], meta["name"])
         set_condition(cur, "InstallProgress", status, _reason(stage) or "Unknown", text[:32000])
-        try:
-            ctx.store.update_status(cur)
-            return
-        except Conflict:
-            continue
-    raise Conflict("inventory kept changing")
+        ctx.store.update_status(cur)
+
+    _retry_on_conflict(write, "inventory")
 
 
 async def agent_progress(request: web.Request) -> web.Response:
