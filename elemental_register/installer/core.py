@@ -473,6 +473,10 @@ def upgrade(
         )
     target = "b" if booted == "a" else "a"
     src = source.check(source.parse(system))
+    # /tmp is RAM on the installed OS; the download and unpacked image (~800 MB) go to /var/tmp,
+    # which lives on COS_PERSISTENT, so an upgrade does not need that much free memory.
+    if workdir is None and Path("/var/tmp").is_dir():
+        workdir = "/var/tmp"
     with tempfile.TemporaryDirectory(prefix="elemental-upgrade-", dir=workdir) as tmp:
         progress("unpacking the OS image", 5)
         image = prepare_image(src, Path(tmp))
