@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import json
 import os
 import threading
@@ -14,11 +13,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from elemental_operator.server import tls
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent
 from elemental_register.agent.client import OperatorClient
@@ -30,29 +26,12 @@ TOKEN = "agent-token"
 
 
 def make_tls(d: Path) -> tuple[str, Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    (d / "tls.crt").write_text(pem)
-    (d / "tls.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return pem, d / "tls.crt", d / "tls.key"
+    """A fresh CA (its PEM is what the agent trusts) and a localhost server certificate it signed."""
+    ca_pem, ca_key = tls.make_ca("test-ca")
+    cert, key = tls.make_server_cert(ca_pem, ca_key, ["localhost", "127.0.0.1"])
+    (d / "tls.crt").write_bytes(cert + ca_pem)
+    (d / "tls.key").write_bytes(key)
+    return ca_pem.decode(), d / "tls.crt", d / "tls.key"
 
 
 class FakeOperator:
