@@ -14,7 +14,9 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +71,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"missing tools: {', '.join(missing)}"))
         elif "e2e_full" in item.keywords and not full:
             item.add_marker(pytest.mark.skip(reason="full end-to-end suite: run with --run-e2e (make e2e)"))
+
+
+@pytest.fixture(scope="module")
+def op(results: Path) -> Iterator[Any]:
+    """A real `elemental-operator serve` for one test module; each module names its `results` dir."""
+    from harness import Operator  # importable once the paths above are on sys.path
+
+    o = Operator(results)
+    try:
+        yield o.start()
+    finally:
+        o.stop()

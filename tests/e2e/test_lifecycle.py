@@ -68,15 +68,6 @@ def results() -> Path:
 
 
 @pytest.fixture(scope="module")
-def op(results: Path) -> Iterator[Operator]:
-    o = Operator(results)
-    try:
-        yield o.start()
-    finally:
-        o.stop()
-
-
-@pytest.fixture(scope="module")
 def fleet(op: Operator, results: Path) -> Fleet:
     return Fleet(op, results)
 

@@ -18,7 +18,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,6 @@ IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 @pytest.fixture(scope="module")
 def results() -> Path:
     return fresh_dir(RESULTS / "e2e" / "machines")
-
-
-@pytest.fixture(scope="module")
-def op(results: Path) -> Iterator[Operator]:
-    o = Operator(results)
-    try:
-        yield o.start()
-    finally:
-        o.stop()
 
 
 def registered(op: Operator, m: Machine, name: str, timeout: float = 1500) -> dict[str, Any]:
