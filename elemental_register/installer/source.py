@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,7 +186,13 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
         blob = _blob(layout, layer["digest"])
         media = str(layer.get("mediaType", ""))
         if n > 0:
-            _apply_whiteouts(blob, media, rootfs)
+            try:
+                _apply_whiteouts(blob, media, rootfs)
+            except (zlib.error, tarfile.TarError, OSError) as e:
+                die(
+                    f"layer {layer['digest']} cannot be read: {e}",
+                    "the OS image is damaged; rebuild or re-copy it",
+                )
         tar = subprocess.Popen(
             [
                 "tar",
@@ -210,9 +217,17 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
             for chunk in _decompressed(blob, media, digest):
                 tar.stdin.write(chunk)
         except BrokenPipeError:
-            pass
+            pass  # tar failed; its exit status and stderr say why, below
+        except (zlib.error, OSError) as e:
+            tar.kill()
+            tar.wait()
+            die(
+                f"layer {layer['digest']} cannot be decompressed: {e}",
+                "the OS image is damaged; rebuild or re-copy it",
+            )
         finally:
-            tar.stdin.close()
+            if not tar.stdin.closed:
+                tar.stdin.close()
         err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
         if tar.wait() != 0:
             die(
@@ -245,7 +260,8 @@ def _decompressed(blob: Path, media: str, digest: Any) -> Iterator[bytes]:
             assert z.stdout is not None
             yield from iter(lambda: z.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
             t.join()
-            z.wait()
+            if z.wait() != 0:
+                raise OSError(f"zstd exited with status {z.returncode}")
             return
         dec = zlib.decompressobj(31) if "gzip" in media or media.endswith(".tar+gz") else None
         for chunk in iter(lambda: f.read(1 << 20), b""):
