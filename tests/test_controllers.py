@@ -423,6 +423,53 @@ def test_os_image_rollout_respects_concurrency(store: SqlStore, mgr: Manager) ->
     assert "3/3 upgraded" in get_condition(get(store, "ManagedOSImage", "up"), "Ready")["message"]  # type: ignore[index]
 
 
+def os_image(name: str, image: str, pool: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "ManagedOSImage",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"osImage": image, "concurrency": 5, "nodeSelector": {"matchLabels": {"pool": pool}}},
+    }
+
+
+def test_overlapping_os_images_newest_wins(store: SqlStore, mgr: Manager) -> None:
+    """Two images select the same machines: the newer one owns them, the older one stops
+    re-asserting its plan (no flip-flop) and takes them back when the newer one is deleted."""
+    for i in range(2):
+        store.create(inventory(f"m{i}", labels={"pool": "a"}))
+    mgr.run_until(lambda: all(not gone(store, "Secret", n) for n in ("m0", "m1")))
+
+    def images() -> set[str]:
+        return {
+            json.loads(secret_get(get(store, "Secret", n), "plan"))["instructions"][0]["args"][-1]
+            for n in ("m0", "m1")
+        }
+
+    # the older one sorts last by name: ownership must follow creation time, not names
+    store.create(os_image("z-old", "registry/os:v1", "a"))
+    mgr.run_until(lambda: images() == {"registry/os:v1"})
+    import time
+
+    time.sleep(1.1)  # creationTimestamp has second precision
+    store.create(os_image("a-new", "registry/os:v2", "a"))
+    mgr.run_until(lambda: images() == {"registry/os:v2"})
+    for n in ("m0", "m1"):
+        agent_reports(store, n)
+    mgr.run_until(lambda: condition_true(get(store, "ManagedOSImage", "a-new"), "Ready"))
+    mgr.run_until(
+        lambda: (
+            "2 taken over"
+            in (get_condition(get(store, "ManagedOSImage", "z-old"), "Ready") or {}).get("message", "")
+        )
+    )
+    for _ in range(3):  # a resync of the older image must not write its plan back
+        mgr.enqueue("ManagedOSImage", NS, "z-old")
+        mgr.step()
+    assert images() == {"registry/os:v2"}
+    store.delete("ManagedOSImage", NS, "a-new")
+    mgr.run_until(lambda: images() == {"registry/os:v1"})
+
+
 # ---- SeedImage ------------------------------------------------------------------------------
 
 

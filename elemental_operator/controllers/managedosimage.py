@@ -5,6 +5,11 @@ each machine's plan Secret — the same channel bootstrap and reset plans use �
 instruction runs ``elemental upgrade --system <image>`` and then schedules a reboot. At most
 ``concurrency`` machines have an unfinished upgrade plan at any time; progress is shown in
 the Ready condition (``UpgradeInProgress`` / ``UpgradeComplete`` / ``UpgradeFailed``).
+
+Overlapping selectors: a machine matched by several ManagedOSImages belongs to the newest one
+(creationTimestamp, then name). Elemental leaves this undefined (each Fleet bundle re-asserts its
+own plan, so the machine flips between versions); here the older images leave such machines
+alone and say how many were taken over, and get them back when the newer image is deleted.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def upgrade_plan(image: str, cloud_config: dict[str, Any] | None, env: list[str]
 
 class ManagedOSImageController(Controller):
     kind = "ManagedOSImage"
-    watches = ("Secret", "MachineInventory", "ManagedOSVersion")
+    watches = ("Secret", "MachineInventory", "ManagedOSVersion", "ManagedOSImage")
     resync = 300.0
 
     def map_event(self, event: WatchEvent) -> Iterable[Key]:
@@ -80,6 +85,12 @@ class ManagedOSImageController(Controller):
         elif obj["kind"] == "MachineInventory" and event.type == "ADDED":
             for mos in self.store.list(self.kind, ns):
                 yield ns, mos["metadata"]["name"]
+        elif obj["kind"] == self.kind:
+            # a new or deleted image changes which machines the others own
+            if event.type in ("ADDED", "DELETED") or is_deleting(obj):
+                for mos in self.store.list(self.kind, ns):
+                    if mos["metadata"]["name"] != obj["metadata"]["name"]:
+                        yield ns, mos["metadata"]["name"]
         elif obj["kind"] == "ManagedOSVersion":
             for mos in self.store.list(
                 self.kind, ns, {"matchLabels": {VERSION_NAME_LABEL: obj["metadata"]["name"]}}
@@ -135,10 +146,11 @@ class ManagedOSImageController(Controller):
 
         done = failed = in_progress = eligible = 0
         pending: list[Resource] = []
+        claimed = self._claimed_by_newer(mos)
         targets = [
             i
             for i in self.store.list("MachineInventory", namespace, spec.get("nodeSelector") or None)
-            if not is_deleting(i)
+            if not is_deleting(i) and i["metadata"]["name"] not in claimed
         ]
         for inv in targets:
             try:
@@ -169,6 +181,8 @@ class ManagedOSImageController(Controller):
             in_progress += 1
         total = eligible
         msg = f"{image}: {done}/{total} upgraded, {in_progress} in progress, {failed} failed"
+        if claimed:
+            msg += f", {len(claimed)} taken over by newer ManagedOSImages ({', '.join(sorted(claimed.values()))})"
         if total and done == total:
             set_condition(mos, "Ready", "True", "UpgradeComplete", msg)
         elif failed and not in_progress:
@@ -179,6 +193,20 @@ class ManagedOSImageController(Controller):
             set_condition(mos, "Ready", "True", "NoMatchingMachines", msg)
         self._save(mos, status_before)
         return 15.0 if in_progress else None
+
+    def _claimed_by_newer(self, mos: Resource) -> dict[str, str]:
+        """Inventories (name → image) that a newer, live ManagedOSImage also selects."""
+        meta = mos["metadata"]
+        mine = (meta.get("creationTimestamp") or "", meta["name"])
+        claimed: dict[str, str] = {}
+        for other in self.store.list(self.kind, meta.get("namespace", "")):
+            ometa = other["metadata"]
+            if is_deleting(other) or (ometa.get("creationTimestamp") or "", ometa["name"]) <= mine:
+                continue
+            selector = (other.get("spec") or {}).get("nodeSelector") or None
+            for inv in self.store.list("MachineInventory", meta.get("namespace", ""), selector):
+                claimed.setdefault(inv["metadata"]["name"], ometa["name"])
+        return claimed
 
     def _save(self, mos: Resource, before: Any) -> None:
         if mos.get("status") != before:

@@ -300,11 +300,8 @@ def rollback_machine(
     """A version whose slot cannot pass boot assessment: three tries, then the machine is back on
     `good_slot` by itself and the failure shows on the inventory and the ManagedOSImage."""
     t.mark("before-rollback")
-    # Only one ManagedOSImage may target the machine: the operator lets each one re-assert its own
-    # plan on every targeted inventory, so with the previous one left in place the two alternate
-    # (seen here: the 0.2.0 upgrade re-applied over the broken slot right after 0.3.0).
-    for old in op.list("managedosimages"):
-        op.delete("managedosimages", old["metadata"]["name"])
+    # The previous upgrade's ManagedOSImage stays: the newer image owns the machine (the operator
+    # must not let the older one re-assert its plan over the broken slot).
     start_upgrade(op, mos, version, op.registry_host)
     m.expect(rf"elemental\.slot={bad_slot}", timeout=1800)
     t.mark("broken-upgrade-to-first-try")
