@@ -182,7 +182,8 @@ class ManagedOSImageController(Controller):
         total = eligible
         msg = f"{image}: {done}/{total} upgraded, {in_progress} in progress, {failed} failed"
         if claimed:
-            msg += f", {len(claimed)} taken over by newer ManagedOSImages ({', '.join(sorted(claimed.values()))})"
+            newer = ", ".join(sorted(set(claimed.values())))
+            msg += f", {len(claimed)} taken over by newer ManagedOSImages ({newer})"
         if total and done == total:
             set_condition(mos, "Ready", "True", "UpgradeComplete", msg)
         elif failed and not in_progress:
