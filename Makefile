@@ -27,8 +27,13 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## iso: every artifact (OS OCI + raw disk, seed ISO + PXE files, operator image)
-iso: setup os seed operator-image repack
+## iso: every artifact (OS OCI + raw disk, seed ISO + PXE files, operator image). The three
+## images build at once (IMAGE_JOBS=1 for one at a time): each spends much of its time in
+## single-threaded steps (tar, gzip, cpio), so on 2 cores they overlap well.
+IMAGE_JOBS ?= 3
+iso: setup
+	@$(MAKE) --no-print-directory -j$(IMAGE_JOBS) os seed operator-image
+	@$(MAKE) --no-print-directory repack
 
 ## os / seed / operator-image: one image each (mkosi, incremental)
 os seed operator-image: setup
