@@ -279,6 +279,7 @@ async def _session(
     if state.updatable:
         await ch.write(P.MsgType.UPDATE)
         await ch.expect(P.MsgType.READY)
+        log.info("re-registration: updating the existing inventory")
         updated = True
 
     if not cfg.no_smbios:

@@ -138,6 +138,23 @@ def boot_installed(
     return inv
 
 
+def wait_console(m: Machine, text: str, timeout: float) -> None:
+    """`text` appears in the machine's serial log (any boot; it may have scrolled past already)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in m.serial_log.read_text(errors="replace"):
+        _alive(m)
+        if time.monotonic() > deadline:
+            raise VMError(f"{m.name}: no {text!r} on the console within {timeout:.0f}s; see {m.serial_log}")
+        time.sleep(3)
+
+
+# elemental-register.timer on the installed OS (5 s after boot, then every 30 min): the plain run
+# authenticates again and sends Update.
+REREGISTERED = "re-registration: updating the existing inventory"
+
+
 def plan_secret(op: Operator, inv_name: str) -> dict[str, str]:
     import base64
 

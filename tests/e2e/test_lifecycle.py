@@ -6,7 +6,7 @@ order and each starts from the state the previous one left (an install under TCG
 1. ``test_register_install_ready`` (marked ``e2e``: part of ``make test``): seed ISO → TPM
    registration → inventory named and labelled from SMBIOS → install (progress visible on the
    inventory) → power off → boot the installed OS with a fresh swtpm on the same TPM state →
-   system agent → inventory Ready, plan Applied.
+   system agent → inventory Ready, plan Applied → the re-registration timer sends Update.
 2. ``test_reset`` (``e2e_full``): delete the inventory → reset plan → recovery → re-registration
    with the same TPM hash → reinstall → Ready.
 3. ``test_upgrade`` (``e2e_full``): a second OS version (out/os plus a layer with another
@@ -43,6 +43,7 @@ from harness import (
 )
 from lifecycle import (
     BROKEN_AGENT,
+    REREGISTERED,
     Fleet,
     boot_installed,
     expected_name,
@@ -52,6 +53,7 @@ from lifecycle import (
     reset_machine,
     rollback_machine,
     upgrade_machine,
+    wait_console,
 )
 from vm import Machine
 
@@ -136,6 +138,10 @@ def test_register_install_ready(op: Operator, m1: Machine, results: Path, state:
         assert inv["status"]["plan"]["state"] == "Applied"
         assert condition(inv, "Ready") == "True"
         assert plan_secret(op, INVENTORY).get("os-version")
+        # the installed OS re-registers by itself (timer), as the same inventory
+        wait_console(m1, REREGISTERED, timeout=600)
+        again = op.get("machineinventories", INVENTORY)
+        assert again["metadata"]["uid"] == inv["metadata"]["uid"]
     state["ready"] = True
     state["tpm_hash"] = inv["spec"]["tpmHash"]
 
