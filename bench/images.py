@@ -30,11 +30,23 @@ def _make(worktree: Path, out: Path, **env: str) -> float:
     (Not `make` itself: its set-up step would re-point our editable venv at the worktree.)
     """
     environ = {**os.environ, "OUT": str(out), "PY": str(REPO / ".venv/bin/python"), **env}
-    steps = [["scripts/build-image", target] for target in ("os", "seed", "operator-image")]
-    steps.append([str(REPO / ".venv/bin/python"), "-m", "iso.pack"])
     start = time.monotonic()
-    for step in steps:
-        subprocess.run(step, cwd=worktree, env=environ, check=True, stdout=subprocess.DEVNULL)
+    # the three images at once, as `make iso` does (IMAGE_JOBS=3)
+    builds = [
+        subprocess.Popen(
+            ["scripts/build-image", target], cwd=worktree, env=environ, stdout=subprocess.DEVNULL
+        )
+        for target in ("os", "seed", "operator-image")
+    ]
+    if any([b.wait() != 0 for b in builds]):  # a list: wait for every build
+        raise RuntimeError("an image build failed (see build/*.log in the worktree)")
+    subprocess.run(
+        [str(REPO / ".venv/bin/python"), "-m", "iso.pack"],
+        cwd=worktree,
+        env=environ,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return time.monotonic() - start
 
 
