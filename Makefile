@@ -49,7 +49,7 @@ test: setup lint iso
 
 lint: venv
 	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_register elemental_operator iso tests bench
-	@$(STAGE) "mypy" $(VENV)/bin/mypy
+	@$(STAGE) "mypy" $(VENV)/bin/mypy elemental_register elemental_operator iso bench tests
 
 ## e2e: the full end-to-end lifecycle suite in QEMU
 e2e: iso

@@ -76,7 +76,7 @@ def test_make_credential_matches_tpm2_pytss(alg: str, monkeypatch: pytest.Monkey
 
 
 def test_emulated_seed_is_deterministic(swtpm_factory: Callable[[], Swtpm]) -> None:  # noqa: F811
-    hashes_seen = {}
+    hashes_seen: dict[int, set[str]] = {}
     for seed in (1, 1, 7):
         sw = swtpm_factory()  # a fresh TPM (fresh endorsement seed) each time
         with TPM(sw.tcti, emulated_seed=seed, ak_alg="ecc") as tpm:

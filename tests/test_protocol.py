@@ -24,7 +24,7 @@ json_values = st.recursive(
 def test_message_ids_match_elemental() -> None:
     assert [m.value for m in P.MsgType] == list(range(13))
     assert P.MSG_LAST == 12
-    assert P.MsgType.SYSTEM_DATA_V2 == 11 and P.MsgType.UPDATE == 10 and P.MsgType.ERROR == 8
+    assert (int(P.MsgType.SYSTEM_DATA_V2), int(P.MsgType.UPDATE), int(P.MsgType.ERROR)) == (11, 10, 8)
 
 
 @given(st.sampled_from(list(P.MsgType)), st.binary(max_size=2048))

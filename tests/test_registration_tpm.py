@@ -58,7 +58,8 @@ def cfg_for(op: InProcessOperator, reg: dict[str, Any], **kw: Any) -> Registrati
 
 
 def inventories(op: InProcessOperator) -> list[dict[str, Any]]:
-    return op.store.list("MachineInventory")
+    found: list[dict[str, Any]] = op.store.list("MachineInventory")
+    return found
 
 
 def test_first_and_re_registration(operator: InProcessOperator, swtpm: Swtpm) -> None:
@@ -78,6 +79,7 @@ def test_first_and_re_registration(operator: InProcessOperator, swtpm: Swtpm) ->
     cfg = cfg_for(operator, reg, tpm_tcti=swtpm.tcti)
     first = register(cfg, State(), {"site": "${Runtime/Hostname}"}, source=source())
     assert not first.updated and first.state.initial_registration is not None
+    assert first.config is not None
     [inv] = inventories(operator)
     meta = inv["metadata"]
     assert meta["name"] == "node-sn-0042"  # sanitised and lower-cased, '_' → '-'
@@ -99,7 +101,8 @@ def test_first_and_re_registration(operator: InProcessOperator, swtpm: Swtpm) ->
     agent = config["system-agent"]
     assert agent["secret-name"] == "node-sn-0042" and agent["secret-namespace"] == "fleet"
     assert agent["url"] == operator.ctx.public_url and agent["strictTLSMode"] is True
-    assert operator.ctx.verify_agent_token(agent["token"])["metadata"]["uid"] == meta["uid"]
+    owner = operator.ctx.verify_agent_token(agent["token"])
+    assert owner is not None and owner["metadata"]["uid"] == meta["uid"]
     assert first.config["cloud-config"] == {"users": [{"name": "root", "passwd": "x"}]}
 
     # Re-registration: Update, same inventory, name kept, random label sticky, labels refreshed.

@@ -167,7 +167,7 @@ class Operator:
                 return None
             raise
 
-    def list(self, plural: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    def list_all(self, plural: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.request("GET", self._path(plural, namespace=namespace))["items"]
         return items
 
@@ -239,7 +239,7 @@ class Operator:
         return text.encode() if isinstance(text, str) else yaml.safe_dump(text).encode()
 
     def inventories(self) -> list[dict[str, Any]]:
-        return self.list("machineinventories")
+        return self.list_all("machineinventories")
 
 
 def condition(obj: dict[str, Any] | None, ctype: str, field_: str = "status") -> str:

@@ -3,6 +3,7 @@ registration, one seed ISO, machines booted from it under QEMU + OVMF + swtpm.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,7 @@ def publish_versions(op: Operator, registry_host: str, workdir: Path, versions: 
         }
     )
     for name in versions:
-        op.wait(f"ManagedOSVersion {name}", lambda n=name: op.try_get("managedosversions", n), 60, 1)
+        op.wait(f"ManagedOSVersion {name}", functools.partial(op.try_get, "managedosversions", name), 60, 1)
 
 
 def start_upgrade(op: Operator, name: str, version: str, registry_host: str) -> None:
