@@ -528,6 +528,33 @@ def test_seedimage_build_cache_retrigger_cleanup(store: SqlStore, mgr: Manager, 
     mgr.run_until(lambda: gone(store, "SeedImage", "s1") and gone(store, "SeedImage", "s2"))
 
 
+def test_seedimage_failed_build_is_not_restarted(
+    store: SqlStore, ctx: OperatorContext, tmp_path: Path
+) -> None:
+    """A failed build stays Failed (no restart on its own status write) until retriggerBuild."""
+    cmd = f"sh -c 'echo run >> {tmp_path}/fails; echo no xorriso here; exit 3'"
+    mgr = Manager(ctx, all_controllers(ctx, tmp_path / "state", seedimage_command=cmd))
+    store.create(registration())
+    store.create(seed("bad"))
+
+    def reason() -> str:
+        return str((get_condition(get(store, "SeedImage", "bad"), "SeedImageReady") or {}).get("reason"))
+
+    mgr.run_until(lambda: reason() == "SeedImageBuildFailure", timeout=20)
+    si = get(store, "SeedImage", "bad")
+    assert si["status"]["state"] == "Failed"
+    assert "no xorriso here" in get_condition(si, "SeedImageReady")["message"]  # type: ignore[index]
+    for _ in range(5):
+        mgr.enqueue("SeedImage", NS, "bad")
+        mgr.step()
+    assert (tmp_path / "fails").read_text().count("run") == 1
+    assert reason() == "SeedImageBuildFailure"
+    si["spec"]["retriggerBuild"] = True
+    store.update(si)
+    mgr.run_until(lambda: (tmp_path / "fails").read_text().count("run") == 2, timeout=20)
+    mgr.run_until(lambda: reason() == "SeedImageBuildFailure", timeout=20)
+
+
 # ---- restarts ------------------------------------------------------------------------------
 
 

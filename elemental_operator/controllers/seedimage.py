@@ -83,6 +83,10 @@ class SeedImageController(Controller):
         self.command = command or DEFAULT_COMMAND
         self.base_dir = base_dir or Path(os.environ.get("OUT") or "out")
         self.builds: dict[str, subprocess.Popen[bytes]] = {}
+        # key -> input digest of a build that failed: not started again for the same inputs
+        # (else every status write would restart it) until retriggerBuild or an input change.
+        # In memory: an operator restart retries once.
+        self.failed: dict[str, str] = {}
 
     def map_event(self, event: Any) -> list[tuple[str, str]]:
         reg = event.object
@@ -104,6 +108,7 @@ class SeedImageController(Controller):
         status = si.setdefault("status", {})
         before = json.dumps(status, sort_keys=True)
         if spec.get("retriggerBuild"):
+            self.failed.pop(f"{namespace}/{name}", None)
             si["spec"]["retriggerBuild"] = False
             si["metadata"].setdefault("annotations", {}).pop(ARTIFACT_ANNOTATION, None)
             si = self.store.update(si)
@@ -181,6 +186,8 @@ class SeedImageController(Controller):
             return self._save(si, before, (ready_at + minutes * 60 - time.time()) if minutes else None)
 
         proc = self.builds.get(key)
+        if proc is None and self.failed.get(key) == digest:
+            return self._save(si, before, None)  # failed with these inputs; retriggerBuild retries
         if proc is None:
             if itype != "iso" and self.command == DEFAULT_COMMAND:
                 set_condition(
@@ -217,6 +224,7 @@ class SeedImageController(Controller):
                 si, "SeedImageReady", "False", "SeedImageBuildFailure", f"build exited {rc}: {tail}"
             )
             status["state"] = "Failed"
+            self.failed[key] = digest
             return self._save(si, before, None)
         outdir.mkdir(parents=True, exist_ok=True)
         sha = hashlib.sha256()
