@@ -43,9 +43,9 @@ os seed operator-image: setup
 repack: setup
 	@$(STAGE) "seed iso" $(PY) -m iso.pack
 
-## test: lint + unit + integration + the seed-ISO VM boot test
+## test: lint + unit + integration + VM tests (seed boot, installed disk, the e2e lifecycle chain)
 test: setup lint iso
-	@$(STAGE) "tests" $(PY) -m pytest -q tests
+	@$(STAGE) "tests" $(PY) -m pytest -q --durations=25 tests
 
 lint: venv
 	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_register elemental_operator iso tests bench

@@ -1,9 +1,10 @@
 """End-to-end suite options.
 
-* ``pytest tests`` (``make test``) runs the cheap variant: tests marked ``e2e`` only (the core
-  lifecycle: seed ISO → TPM registration → install → reboot → Ready).
-* ``pytest tests/e2e --run-e2e`` (``make e2e``) also runs the tests marked ``e2e_full``
-  (reset, upgrade, rollback, emulated TPM, unmanaged, PXE, SeedImage).
+* ``pytest tests`` (``make test``, CI) runs the smaller variant: tests marked ``e2e``, i.e. every
+  lifecycle step on one machine (seed ISO → TPM registration → install → reboot → Ready →
+  reset → upgrade → rollback; about 30 minutes under TCG).
+* ``pytest tests/e2e --run-e2e`` (``make e2e``) also runs the tests marked ``e2e_full``: the
+  other machines (emulated TPM, unmanaged, PXE, SeedImage).
 
 ``ELEMENTAL_E2E=0`` skips the whole suite (e.g. a quick ``make test`` on a laptop).
 """
@@ -47,7 +48,7 @@ def _terminate(signum: int, frame: object) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _terminate)
-    config.addinivalue_line("markers", "e2e: end-to-end lifecycle test in QEMU (cheap variant, in make test)")
+    config.addinivalue_line("markers", "e2e: end-to-end lifecycle test in QEMU (the variant in make test)")
     config.addinivalue_line("markers", "e2e_full: end-to-end test run only with --run-e2e (make e2e)")
 
 

@@ -7,13 +7,13 @@ order and each starts from the state the previous one left (an install under TCG
    registration → inventory named and labelled from SMBIOS → install (progress visible on the
    inventory) → power off → boot the installed OS with a fresh swtpm on the same TPM state →
    system agent → inventory Ready, plan Applied → the re-registration timer sends Update.
-2. ``test_reset`` (``e2e_full``): delete the inventory → reset plan → recovery → re-registration
+2. ``test_reset`` (``e2e``): delete the inventory → reset plan → recovery → re-registration
    with the same TPM hash → reinstall → Ready.
-3. ``test_upgrade`` (``e2e_full``): a second OS version (out/os plus a layer with another
+3. ``test_upgrade`` (``e2e``): a second OS version (out/os plus a layer with another
    IMAGE_VERSION, served by a plain-HTTP registry on the host) published through a
    ManagedOSVersionChannel of type json (a file); a ManagedOSImage targets the machine; the agent
    upgrades the inactive slot and reboots into it; the inventory's plan secret reports the version.
-4. ``test_rollback`` (``e2e_full``): a version whose system agent cannot start: the new slot fails
+4. ``test_rollback`` (``e2e``): a version whose system agent cannot start: the new slot fails
    boot assessment three times, systemd-boot falls back to the previous slot, the agent reports
    the upgrade plan failed (inventory plan Failed, ManagedOSImage UpgradeFailed).
 
@@ -146,7 +146,7 @@ def test_register_install_ready(op: Operator, m1: Machine, results: Path, state:
     state["tpm_hash"] = inv["spec"]["tpmHash"]
 
 
-@pytest.mark.e2e_full
+@pytest.mark.e2e
 def test_reset(op: Operator, m1: Machine, results: Path, state: dict[str, Any]) -> None:
     need(state, "ready")
     state["ready"] = False
@@ -158,7 +158,7 @@ def test_reset(op: Operator, m1: Machine, results: Path, state: dict[str, Any]) 
     state["ready"] = True
 
 
-@pytest.mark.e2e_full
+@pytest.mark.e2e
 def test_upgrade(op: Operator, m1: Machine, registry: Registry, results: Path, state: dict[str, Any]) -> None:
     need(state, "ready")
     state["ready"] = False
@@ -178,7 +178,7 @@ def test_upgrade(op: Operator, m1: Machine, registry: Registry, results: Path, s
     state["upgraded"] = True
 
 
-@pytest.mark.e2e_full
+@pytest.mark.e2e
 def test_rollback(
     op: Operator, m1: Machine, registry: Registry, results: Path, state: dict[str, Any]
 ) -> None:
