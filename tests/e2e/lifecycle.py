@@ -91,6 +91,7 @@ def expected_name(manufacturer: str, serial: str) -> str:
 def _alive(m: Machine) -> None:
     if m.qemu is not None and m.qemu.poll() is not None:
         raise VMError(f"{m.name}: QEMU exited (rc {m.qemu.returncode}); see {m.serial_log}")
+    m.poll_stall()
 
 
 def register_and_install(
