@@ -107,8 +107,9 @@ class SeedImageController(Controller):
         spec = si.get("spec") or {}
         status = si.setdefault("status", {})
         before = json.dumps(status, sort_keys=True)
+        key = f"{namespace}/{name}"
         if spec.get("retriggerBuild"):
-            self.failed.pop(f"{namespace}/{name}", None)
+            self.failed.pop(key, None)
             si["spec"]["retriggerBuild"] = False
             si["metadata"].setdefault("annotations", {}).pop(ARTIFACT_ANNOTATION, None)
             si = self.store.update(si)
@@ -155,7 +156,6 @@ class SeedImageController(Controller):
         filename = f"{reg['metadata']['name']}.{itype}"
         outdir = self.cache / digest
         artifact = outdir / filename
-        key = f"{namespace}/{name}"
 
         cond = get_condition(si, "SeedImageReady") or {}
         if cond.get("reason") == "SeedImageBuildDeadline" and status.get("downloadToken") is None:

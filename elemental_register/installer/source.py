@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from elemental_register.installer.pe import parse_os_release
 from elemental_register.run import die, run
@@ -189,10 +189,7 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
             try:
                 _apply_whiteouts(blob, media, rootfs)
             except (zlib.error, tarfile.TarError, OSError) as e:
-                die(
-                    f"layer {layer['digest']} cannot be read: {e}",
-                    "the OS image is damaged; rebuild or re-copy it",
-                )
+                _damaged(layer["digest"], f"cannot be read: {e}")
         tar = subprocess.Popen(
             [
                 "tar",
@@ -221,10 +218,7 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
         except (zlib.error, OSError) as e:
             tar.kill()
             tar.wait()
-            die(
-                f"layer {layer['digest']} cannot be decompressed: {e}",
-                "the OS image is damaged; rebuild or re-copy it",
-            )
+            _damaged(layer["digest"], f"cannot be decompressed: {e}")
         finally:
             if not tar.stdin.closed:
                 tar.stdin.close()
@@ -235,10 +229,11 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
                 "the OS image may be damaged; rebuild or re-copy it",
             )
         if f"sha256:{digest.hexdigest()}" != layer["digest"]:
-            die(
-                f"layer {layer['digest']} does not match its digest",
-                "the OS image is damaged; rebuild or re-copy it",
-            )
+            _damaged(layer["digest"], "does not match its digest")
+
+
+def _damaged(digest: str, what: str) -> NoReturn:
+    die(f"layer {digest} {what}", "the OS image is damaged; rebuild or re-copy it")
 
 
 def _decompressed(blob: Path, media: str, digest: Any) -> Iterator[bytes]:

@@ -4,6 +4,7 @@ registration, one seed ISO, machines booted from it under QEMU + OVMF + swtpm.""
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,8 +143,6 @@ def boot_installed(
 
 def wait_console(m: Machine, text: str, timeout: float) -> None:
     """`text` appears in the machine's serial log (any boot; it may have scrolled past already)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while text not in m.serial_log.read_text(errors="replace"):
         _alive(m)
