@@ -13,19 +13,23 @@ export REGISTRATION ?=
 export OS_VERSION ?= 0.1.0
 STAGE := scripts/stage
 
-.PHONY: all setup venv iso os seed operator-image repack test unit lint e2e bench clean
+.PHONY: all setup host venv iso os seed operator-image repack test unit lint e2e bench clean
 
 all: iso
 
-## setup: host packages (apt, bookworm-backports) and the Python venv; idempotent
-setup: $(VENV)/.installed
+## setup: host packages (apt, bookworm-backports), then the Python venv, which builds against
+## them (tpm2-pytss needs libtss2-dev); idempotent, and seconds on a second run
+setup: venv
+
+host:
 	@$(STAGE) "host packages" scripts/setup-host.sh
 
-$(VENV)/.installed: pyproject.toml
+# `| host`: the host packages are installed before the venv is built, also under make -j.
+$(VENV)/.installed: pyproject.toml | host
 	@$(STAGE) "python venv" bash -c '$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q -U pip && $(PY) -m pip install -q -e ".[operator,dev]"'
 	@touch $@
 
-venv: $(VENV)/.installed
+venv: host $(VENV)/.installed
 
 ## iso: every artifact (OS OCI + raw disk, seed ISO + PXE files, operator image). The three
 ## images build at once (IMAGE_JOBS=1 for one at a time): each spends much of its time in

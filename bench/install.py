@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from elemental_common.run import run
 from elemental_register.installer import core, disk, source
 from elemental_register.installer.disk import GiB, MiB
 from elemental_register.installer.testing import esp_dir, loop_disk, make_oci, make_rootfs, mounted
-from elemental_register.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 

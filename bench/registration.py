@@ -177,8 +177,8 @@ class Meter:
 
 
 def _attestation_baseline(n: int = 200) -> float:
-    from elemental_register import attestation
-    from elemental_register import protocol as P
+    from elemental_common import attestation
+    from elemental_common import protocol as P
     from elemental_register.tpm import TPM, Swtpm
 
     with Swtpm() as sw, TPM(sw.tcti, ek_alg="rsa", ak_alg=AK) as tpm:

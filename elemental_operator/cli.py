@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from elemental_common import consts
 from elemental_operator.context import OperatorContext
 from elemental_operator.server import tls
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Store
@@ -221,15 +222,15 @@ async def _serve(args: argparse.Namespace) -> int:
 
 def _add_serve(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the HTTPS server and (unless --no-controllers) the controllers")
-    state_default = os.environ.get("ELEMENTAL_STATE") or "/var/lib/elemental-py"
+    state_default = str(consts.state_dir())
     p.add_argument("--state-dir", default=_env("state-dir", state_default))
     p.add_argument(
         "--database-url", default=_env("database-url"), help="sqlite:///… (default) or postgresql://…"
     )
-    p.add_argument("--listen", default=_env("listen", "0.0.0.0:8443"))
+    p.add_argument("--listen", default=_env("listen", consts.DEFAULT_LISTEN))
     p.add_argument(
         "--public-url",
-        default=_env("public-url", "https://10.0.2.2:8443"),
+        default=_env("public-url", consts.DEFAULT_PUBLIC_URL),
         help="base URL machines use to reach this server",
     )
     p.add_argument("--tls-cert", default=_env("tls-cert"))

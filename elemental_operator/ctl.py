@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import yaml
 
+from elemental_common import consts
 from elemental_operator.api import KindInfo, ValidationError, json_path, resolve_kind
 
 DEFAULT_NAMESPACE = "fleet-default"
@@ -389,8 +390,8 @@ def cmd_edit(client: Client, args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    state = Path(os.environ.get("ELEMENTAL_STATE") or "/var/lib/elemental-py")
-    server = args.server or os.environ.get("ELEMENTAL_SERVER") or "https://127.0.0.1:8443"
+    state = consts.state_dir()
+    server = args.server or os.environ.get("ELEMENTAL_SERVER") or consts.DEFAULT_SERVER
     token = args.token or os.environ.get("ELEMENTAL_TOKEN")
     if not token and (state / "admin-token").exists():
         token = (state / "admin-token").read_text().strip()

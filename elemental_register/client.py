@@ -20,8 +20,8 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from elemental_common import protocol as P
 from elemental_register import hardware
-from elemental_register import protocol as P
 from elemental_register.config import RegistrationConfig, ca_cert_pem
 from elemental_register.state import State
 

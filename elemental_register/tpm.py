@@ -46,8 +46,8 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template, wrap
 
-from elemental_register.attestation import PublicKey, pkix_der, public_key_of_tpmt, tpm_hash
-from elemental_register.protocol import AttestationData, AttestationParameters
+from elemental_common.attestation import PublicKey, pkix_der, public_key_of_tpmt, tpm_hash
+from elemental_common.protocol import AttestationData, AttestationParameters
 
 log = logging.getLogger(__name__)
 

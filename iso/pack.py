@@ -29,9 +29,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from elemental_common import consts
+
 VOLUME_LABEL = "COS_LIVE"
 ESP_LABEL = "COS_ESP"
-PLACEHOLDER_URL = "https://10.0.2.2:8443"
+PLACEHOLDER_URL = consts.DEFAULT_PUBLIC_URL
 SIZE_BUDGET = 400 * 1024 * 1024
 # The seed's own command line (profiles/seed/mkosi.conf); repeated where a loader replaces it.
 SEED_CMDLINE = "console=tty0 console=ttyS0,115200 systemd.firstboot=no audit=0"
@@ -243,7 +245,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--state",
         type=Path,
-        default=Path(os.environ.get("ELEMENTAL_STATE") or "/var/lib/elemental-py"),
+        default=consts.state_dir(),
         help="the dev operator's state directory (env ELEMENTAL_STATE)",
     )
     p.add_argument("--work", type=Path, default=Path("build/iso"), help="scratch directory")

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from elemental_common.errors import Die
 from elemental_operator.server import tls
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig, Connection
 from elemental_register.installer import api, core, oem
-from elemental_register.run import Die
 
 TOKEN = "agent-token"
 

@@ -1,5 +1,5 @@
 """TPM attestation against a real swtpm: client (elemental_register.tpm) + server checks
-(elemental_register.attestation), including tampered AK parameters and EK certificates."""
+(elemental_common.attestation), including tampered AK parameters and EK certificates."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from helpers_registration import swtpm, swtpm_factory  # noqa: F401
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
 from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
 
-from elemental_register import attestation as A
-from elemental_register import protocol as P
+from elemental_common import attestation as A
+from elemental_common import protocol as P
 from elemental_register.tpm import RSA_EK_CERT_INDEX, TPM, Swtpm, TPMError
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
+from elemental_common.errors import Die
+from elemental_common.run import run
 from elemental_register.installer import boot, core, disk, oem, source
 from elemental_register.installer.disk import GiB, MiB
 from elemental_register.installer.testing import loop_disk, make_oci, make_rootfs, mounted
-from elemental_register.run import Die, run
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("umoci"),

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from elemental_common.errors import Die
+from elemental_common.run import run
 from elemental_register.installer import cloudconfig, core, oem, setup
 from elemental_register.installer.disk import GiB
 from elemental_register.installer.testing import (
@@ -23,7 +25,6 @@ from elemental_register.installer.testing import (
     mounted,
     offline_upgrade,
 )
-from elemental_register.run import Die, run
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("umoci"),

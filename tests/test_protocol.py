@@ -1,4 +1,4 @@
-"""Framing and payload encodings of the registration protocol (elemental_register.protocol)."""
+"""Framing and payload encodings of the registration protocol (elemental_common.protocol)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from elemental_register import protocol as P
+from elemental_common import protocol as P
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(

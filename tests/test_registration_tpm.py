@@ -16,8 +16,8 @@ import yaml
 from helpers_registration import InProcessOperator, operator, swtpm, swtpm_factory  # noqa: F401
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from elemental_common import protocol as P
 from elemental_register import hardware
-from elemental_register import protocol as P
 from elemental_register.client import HardwareSource, RegistrationError, register, ws_url
 from elemental_register.config import RegistrationConfig
 from elemental_register.state import State

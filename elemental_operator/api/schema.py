@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from elemental_common.consts import GROUP
 from elemental_operator.api.kinds import KIND_DEFS, Schema
 
-GROUP = "elemental.cattle.io"
 VERSION = "v1beta1"
 API_VERSION = f"{GROUP}/{VERSION}"
 

@@ -25,10 +25,6 @@ from elemental_operator.store.base import Conflict, NotFound, Resource, WatchEve
 log = logging.getLogger("elemental_operator.controllers")
 
 Key = tuple[str, str]
-LABEL_PREFIX = "elemental.cattle.io/"
-MANAGED_LABEL = "elemental.cattle.io/managed"
-PLAN_TYPE_ANNOTATION = "elemental.cattle.io/plan.type"
-PLAN_SECRET_TYPE = "elemental.cattle.io/plan"
 
 
 def now_rfc3339() -> str:

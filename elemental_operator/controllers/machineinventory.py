@@ -9,9 +9,14 @@ from typing import Any
 
 import yaml
 
-from elemental_operator.controllers.base import (
+from elemental_common.consts import (
+    MACHINEINVENTORY_FINALIZER,
     PLAN_SECRET_TYPE,
     PLAN_TYPE_ANNOTATION,
+    RESETTABLE_ANNOTATION,
+    UNMANAGED_RESET_MARKER,
+)
+from elemental_operator.controllers.base import (
     Controller,
     Key,
     add_finalizer,
@@ -31,12 +36,9 @@ from elemental_operator.controllers.base import (
 )
 from elemental_operator.store.base import AlreadyExists, NotFound, Resource, WatchEvent
 
-FINALIZER = "machineinventory.elemental.cattle.io"
-RESETTABLE_ANNOTATION = "elemental.cattle.io/resettable"
 UNMANAGED_NAME = "os.unmanaged"
 ADOPTION_TIMEOUT = 5.0
 LOCAL_RESET_PLAN_PATH = "/oem/reset-cloud-config.yaml"
-UNMANAGED_RESET_MARKER = "/var/lib/elemental/.unmanaged_reset"
 
 
 def is_unmanaged(inventory: Resource) -> bool:
@@ -119,8 +121,8 @@ class MachineInventoryController(Controller):
             return None
         if is_deleting(inv):
             return self._reconcile_delete(inv)
-        if not has_finalizer(inv, FINALIZER):
-            add_finalizer(inv, FINALIZER)
+        if not has_finalizer(inv, MACHINEINVENTORY_FINALIZER):
+            add_finalizer(inv, MACHINEINVENTORY_FINALIZER)
             inv = self.store.update(inv)
 
         before = copy.deepcopy(inv.get("status"))
@@ -243,23 +245,24 @@ class MachineInventoryController(Controller):
         return "dropped"
 
     def _reconcile_delete(self, inv: Resource) -> float | None:
-        if not has_finalizer(inv, FINALIZER):
+        if not has_finalizer(inv, MACHINEINVENTORY_FINALIZER):
             return None
         meta = inv["metadata"]
         annotations = meta.get("annotations") or {}
         if annotations.get(RESETTABLE_ANNOTATION) != "true":
-            remove_finalizer(inv, FINALIZER)
+            remove_finalizer(inv, MACHINEINVENTORY_FINALIZER)
             self.store.update(inv)
             return None
         try:
             secret = self.store.get("Secret", meta["namespace"], meta["name"])
         except NotFound:
-            remove_finalizer(inv, FINALIZER)
+            remove_finalizer(inv, MACHINEINVENTORY_FINALIZER)
             self.store.update(inv)
             return None
         owner = controller_owner(secret, "MachineInventory")
         if owner is None or owner["uid"] != meta["uid"]:
-            remove_finalizer(inv, FINALIZER)  # not our plan record: nothing we may reset through it
+            # not our plan record: nothing we may reset through it
+            remove_finalizer(inv, MACHINEINVENTORY_FINALIZER)
             self.store.update(inv)
             return None
         if (secret["metadata"].get("annotations") or {}).get(PLAN_TYPE_ANNOTATION) != "reset":
@@ -278,7 +281,7 @@ class MachineInventoryController(Controller):
             self.store.update_status(inv)
             return 5.0
         if secret_get(secret, "applied-checksum"):
-            remove_finalizer(inv, FINALIZER)
+            remove_finalizer(inv, MACHINEINVENTORY_FINALIZER)
             self.store.update(inv)  # the store's GC removes the plan Secret with it
             return None
         return 5.0

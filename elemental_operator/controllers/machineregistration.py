@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from elemental_common.consts import MACHINEREGISTRATION_FINALIZER
 from elemental_operator.controllers.base import (
     Controller,
     add_finalizer,
@@ -13,8 +14,6 @@ from elemental_operator.controllers.base import (
     set_condition,
 )
 from elemental_operator.store.base import NotFound
-
-FINALIZER = "machineregistration.elemental.cattle.io"
 
 
 def registration_url(public_url: str, token: str) -> str:
@@ -31,12 +30,12 @@ class MachineRegistrationController(Controller):
             return None
         if is_deleting(obj):
             # Children (inventories, seed images) go through ownerReferences; nothing else to undo.
-            if has_finalizer(obj, FINALIZER):
-                remove_finalizer(obj, FINALIZER)
+            if has_finalizer(obj, MACHINEREGISTRATION_FINALIZER):
+                remove_finalizer(obj, MACHINEREGISTRATION_FINALIZER)
                 self.store.update(obj)
             return None
-        if not has_finalizer(obj, FINALIZER):
-            add_finalizer(obj, FINALIZER)
+        if not has_finalizer(obj, MACHINEREGISTRATION_FINALIZER):
+            add_finalizer(obj, MACHINEREGISTRATION_FINALIZER)
             obj = self.store.update(obj)
 
         status = obj.setdefault("status", {})

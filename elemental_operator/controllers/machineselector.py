@@ -21,8 +21,12 @@ from typing import Any
 
 import yaml
 
-from elemental_operator.controllers.base import (
+from elemental_common.consts import (
+    BOOTSTRAP_SCRIPT_ANNOTATION,
+    BOOTSTRAP_SECRET_ANNOTATION,
     PLAN_TYPE_ANNOTATION,
+)
+from elemental_operator.controllers.base import (
     Controller,
     Key,
     condition_true,
@@ -41,8 +45,6 @@ from elemental_operator.controllers.base import (
 from elemental_operator.store.base import NotFound, Resource, WatchEvent
 from elemental_operator.store.selector import matches
 
-BOOTSTRAP_SECRET_ANNOTATION = "elemental.cattle.io/bootstrap-secret"
-BOOTSTRAP_SCRIPT_ANNOTATION = "elemental.cattle.io/bootstrap-script"
 ADOPTION_TIMEOUT = 5.0
 NO_MATCH_RETRY = 60.0
 ADDRESS_LABELS = (

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from elemental_common.consts import MOS_ANNOTATION, PLAN_TYPE_ANNOTATION, UPGRADE_CHECKSUM_ANNOTATION
 from elemental_operator.controllers.base import (
-    PLAN_TYPE_ANNOTATION,
     Controller,
     Key,
     encode_plan,
@@ -34,9 +34,6 @@ from elemental_operator.controllers.base import (
 )
 from elemental_operator.controllers.managedosversionchannel import VERSION_NAME_LABEL
 from elemental_operator.store.base import NotFound, Resource, WatchEvent
-
-MOS_ANNOTATION = "elemental.cattle.io/managed-os-image"
-UPGRADE_CHECKSUM_ANNOTATION = "elemental.cattle.io/upgrade-checksum"
 
 
 def marshal_cloud_config(cloud_config: dict[str, Any] | None) -> str:

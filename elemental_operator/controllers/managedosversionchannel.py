@@ -16,6 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from elemental_common.consts import (
+    CHANNEL_LABEL,
+    LAST_SYNC_ANNOTATION,
+    MANAGEDOSVERSION_FINALIZER,
+    NO_LONGER_IN_SYNC_ANNOTATION,
+    VERSION_NAME_LABEL,
+)
 from elemental_operator.controllers.base import (
     Controller,
     Key,
@@ -32,11 +39,6 @@ from elemental_operator.controllers.base import (
 )
 from elemental_operator.store.base import AlreadyExists, NotFound, Resource, WatchEvent
 
-CHANNEL_LABEL = "elemental.cattle.io/channel"
-LAST_SYNC_ANNOTATION = "elemental.cattle.io/channel-last-sync"
-NO_LONGER_IN_SYNC_ANNOTATION = "elemental.cattle.io/channel-no-longer-in-sync"
-VERSION_NAME_LABEL = "elemental.cattle.io/managed-os-version-name"
-VERSION_FINALIZER = "managedosversion.elemental.cattle.io"
 MAX_CONSECUTIVE_FAILURES = 4
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -252,14 +254,14 @@ class ManagedOSVersionController(Controller):
         except NotFound:
             return None
         if not is_deleting(v):
-            if not has_finalizer(v, VERSION_FINALIZER):
-                add_finalizer(v, VERSION_FINALIZER)
+            if not has_finalizer(v, MANAGEDOSVERSION_FINALIZER):
+                add_finalizer(v, MANAGEDOSVERSION_FINALIZER)
                 self.store.update(v)
             return None
         users = self.store.list("ManagedOSImage", namespace, {"matchLabels": {VERSION_NAME_LABEL: name}})
         if users:
             return 10.0  # still referenced: deletion waits (the watch on ManagedOSImage also wakes us)
-        if has_finalizer(v, VERSION_FINALIZER):
-            remove_finalizer(v, VERSION_FINALIZER)
+        if has_finalizer(v, MANAGEDOSVERSION_FINALIZER):
+            remove_finalizer(v, MANAGEDOSVERSION_FINALIZER)
             self.store.update(v)
         return None

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from elemental_common.consts import SEEDIMAGE_ARTIFACT_ANNOTATION
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
     Controller,
@@ -45,7 +46,6 @@ from elemental_operator.store.base import NotFound, Resource
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_ANNOTATION = "elemental.cattle.io/seedimage-artifact"
 DEFAULT_COMMAND = "{python} -m iso.pack --registration {registration} --out {workdir} --work {workdir}/work"
 
 
@@ -111,7 +111,7 @@ class SeedImageController(Controller):
         if spec.get("retriggerBuild"):
             self.failed.pop(key, None)
             si["spec"]["retriggerBuild"] = False
-            si["metadata"].setdefault("annotations", {}).pop(ARTIFACT_ANNOTATION, None)
+            si["metadata"].setdefault("annotations", {}).pop(SEEDIMAGE_ARTIFACT_ANNOTATION, None)
             si = self.store.update(si)
             si["status"] = {}
             self.store.update_status(si)
@@ -162,8 +162,8 @@ class SeedImageController(Controller):
             return self._save(si, before, None)  # expired; retriggerBuild starts over
         annotations = si["metadata"].get("annotations") or {}
         if artifact.exists():
-            if annotations.get(ARTIFACT_ANNOTATION) != f"{digest}/{filename}":
-                si["metadata"].setdefault("annotations", {})[ARTIFACT_ANNOTATION] = f"{digest}/{filename}"
+            if annotations.get(SEEDIMAGE_ARTIFACT_ANNOTATION) != (artifact_ref := f"{digest}/{filename}"):
+                si["metadata"].setdefault("annotations", {})[SEEDIMAGE_ARTIFACT_ANNOTATION] = artifact_ref
                 status_copy = si.get("status")
                 si = self.store.update(si)
                 si["status"] = status_copy
@@ -283,8 +283,8 @@ class SeedImageController(Controller):
             s
             for s in self.store.list(self.kind)
             if s["metadata"]["uid"] != si["metadata"]["uid"]
-            and (s["metadata"].get("annotations") or {}).get(ARTIFACT_ANNOTATION)
-            == (si["metadata"].get("annotations") or {}).get(ARTIFACT_ANNOTATION)
+            and (s["metadata"].get("annotations") or {}).get(SEEDIMAGE_ARTIFACT_ANNOTATION)
+            == (si["metadata"].get("annotations") or {}).get(SEEDIMAGE_ARTIFACT_ANNOTATION)
             and (s.get("status") or {}).get("downloadToken")
         ]
         if not others:

@@ -23,6 +23,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from elemental_common import attestation
+from elemental_common import protocol as P
+from elemental_common.consts import LABEL_PREFIX
 from elemental_operator.api import API_VERSION, ValidationError
 from elemental_operator.context import OperatorContext
 from elemental_operator.registration.templater import (
@@ -35,14 +38,11 @@ from elemental_operator.registration.templater import (
     sanitize_machine_name,
 )
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
-from elemental_register import attestation
-from elemental_register import protocol as P
 
 log = logging.getLogger(__name__)
 
-ELEMENTAL_PREFIX = "elemental.cattle.io/"
-RESETTABLE = ELEMENTAL_PREFIX + "resettable"
-UNMANAGED = ELEMENTAL_PREFIX + "os.unmanaged"
+RESETTABLE = LABEL_PREFIX + "resettable"
+UNMANAGED = LABEL_PREFIX + "os.unmanaged"
 # Go's html.EscapeString, applied to client-sent annotation keys and values.
 _HTML_ESCAPES = str.maketrans({"<": "&lt;", ">": "&gt;", "&": "&amp;", "'": "&#39;", '"': "&#34;"})
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -116,7 +116,7 @@ def registration_file(registration: Resource, ctx: OperatorContext) -> dict[str,
 def label_prefix(registration: Resource) -> str:
     prefix = _get(registration, "spec", "labelPrefix") or ""
     if prefix == "":
-        return ELEMENTAL_PREFIX
+        return LABEL_PREFIX
     if prefix == "-":
         return ""
     return f"{prefix}/"

@@ -18,10 +18,14 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import WSMsgType, web
 
+from elemental_common.consts import PLAN_TYPE_ANNOTATION, SEEDIMAGE_ARTIFACT_ANNOTATION
 from elemental_operator.api import KindInfo, ValidationError, kinds
 from elemental_operator.context import OperatorContext
-from elemental_operator.controllers.base import PLAN_TYPE_ANNOTATION, plan_checksum, secret_get, set_condition
-from elemental_operator.controllers.seedimage import ARTIFACT_ANNOTATION
+from elemental_operator.controllers.base import (
+    plan_checksum,
+    secret_get,
+    set_condition,
+)
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
 from elemental_operator.store.selector import matches, parse_label_selector
 
@@ -152,7 +156,7 @@ async def seedimage(request: web.Request) -> web.StreamResponse:
     conds = (si.get("status") or {}).get("conditions") or []
     if not conds or any(c.get("status") != "True" for c in conds):
         return web.Response(status=404, text="seed image not ready\n")
-    artifact = (si["metadata"].get("annotations") or {}).get(ARTIFACT_ANNOTATION, "")
+    artifact = (si["metadata"].get("annotations") or {}).get(SEEDIMAGE_ARTIFACT_ANNOTATION, "")
     digest, _, filename = artifact.partition("/")
     if not filename or name not in (filename, filename + ".sha256"):
         return web.Response(status=404, text="no such file\n")

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from elemental_common.consts import UNMANAGED_RESET_MARKER
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.client import OperatorClient, OperatorError
 from elemental_register.agent.config import AgentConfig, Connection
@@ -167,12 +168,12 @@ class Agent:
         if not self.managed:
             # unmanaged: the marker file is all a reset means (brief §3.5)
             files = list(plan.get("files") or [])
-            if not any(f.get("path") == oem.UNMANAGED_RESET for f in files):
+            if not any(f.get("path") == UNMANAGED_RESET_MARKER for f in files):
                 import base64
 
                 files.append(
                     {
-                        "path": oem.UNMANAGED_RESET,
+                        "path": UNMANAGED_RESET_MARKER,
                         "permissions": "0600",
                         "content": base64.b64encode(unix_date(self.now()).encode()).decode(),
                     }

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from elemental_common.errors import Die
+from elemental_common.log import setup_logging
 from elemental_register.agent.agent import Agent, wait_for_config, wait_for_connection
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig
-from elemental_register.run import Die, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

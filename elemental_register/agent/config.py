@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from elemental_common.errors import die
 from elemental_register.installer import oem
-from elemental_register.run import die
 
 DEFAULT_CONFIG = oem.AGENT_CONFIG
 

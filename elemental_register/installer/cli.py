@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
+from elemental_common.errors import Die, die
+from elemental_common.log import setup_logging
 from elemental_register.installer import core, disk
-from elemental_register.run import Die, die, setup_logging
 
 
 def _load_config(path: str | None) -> dict[str, Any]:

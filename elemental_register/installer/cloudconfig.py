@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from elemental_register.run import run
+from elemental_common.run import run
 
 log = logging.getLogger("elemental.cloud-config")
 RUNCMD_MARK = "var/lib/elemental/cloud-config.runcmd"

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elemental_common.errors import die
+from elemental_common.run import run
 from elemental_register.installer import boot, disk, oem, source
 from elemental_register.installer.pe import Uki
-from elemental_register.run import die, run
 
 log = logging.getLogger("elemental.installer")
 
@@ -439,7 +440,7 @@ def partition_device(partuuid: str) -> str:
     out = run(["blkid", "-l", "-o", "device", "-t", f"PARTUUID={partuuid}"], check=False).stdout.strip()
     if not out:
         die(f"no partition with PARTUUID {partuuid}", "is the system disk attached?")
-    return out
+    return str(out)
 
 
 def device_size(dev: str) -> int:

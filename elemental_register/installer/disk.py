@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elemental_register.run import die, run
+from elemental_common.errors import die
+from elemental_common.run import run
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

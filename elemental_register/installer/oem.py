@@ -14,11 +14,11 @@ from typing import Any
 
 import yaml
 
+from elemental_common.consts import AGENT_DIR
+
 AGENT_CONFIG = "/etc/rancher/elemental/agent/config.yaml"
 AGENT_ENVS = "/etc/rancher/elemental/agent/envs"
-AGENT_DIR = "/var/lib/elemental/agent"
 CONNECTION = f"{AGENT_DIR}/elemental_connection.json"
-UNMANAGED_RESET = "/var/lib/elemental/.unmanaged_reset"
 
 # Paths inside COS_OEM
 OEM_REG_CONFIG = "registration/config.yaml"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from elemental_register.run import die
+from elemental_common.errors import die
 
 
 def sections(data: bytes) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from elemental_register.run import die
+from elemental_common.errors import die
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",

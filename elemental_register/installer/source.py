@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from elemental_common.errors import die
+from elemental_common.run import run
 from elemental_register.installer.pe import parse_os_release
-from elemental_register.run import die, run
 
 SEED_LAYOUT = "/run/initramfs/live/os"
 

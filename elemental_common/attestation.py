@@ -42,7 +42,7 @@ from tpm2_pytss.types import (
     TPMT_SYM_DEF_OBJECT,
 )
 
-from elemental_register.protocol import AttestationParameters
+from elemental_common.protocol import AttestationParameters
 
 try:  # cryptography ≥ 47 keeps CFB (which the TPM spec mandates here) among its "decrepit" modes
     from cryptography.hazmat.decrepit.ciphers.modes import CFB as _CFB
