@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from elemental_common.consts import UNMANAGED_RESET_MARKER
+from elemental_common.pe import parse_os_release
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.client import OperatorClient, OperatorError
 from elemental_register.agent.config import AgentConfig, Connection
 from elemental_register.installer import boot, core, oem
-from elemental_register.installer.pe import parse_os_release
 
 log = logging.getLogger("elemental.agent")
 

@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from elemental_register.installer.pe import Uki
+from elemental_common.pe import Uki
 
 ENTRY_RE = re.compile(r"^(?P<id>.+?)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
 TRIES = 3

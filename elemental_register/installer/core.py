@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from elemental_common.errors import die
+from elemental_common.pe import Uki
 from elemental_common.run import run
 from elemental_register.installer import boot, disk, oem, source
-from elemental_register.installer.pe import Uki
 
 log = logging.getLogger("elemental.installer")
 

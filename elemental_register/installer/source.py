@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from elemental_common.errors import die
+from elemental_common.pe import parse_os_release
 from elemental_common.run import run
-from elemental_register.installer.pe import parse_os_release
 
 SEED_LAYOUT = "/run/initramfs/live/os"
 

@@ -8,8 +8,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from elemental_common import pe
 from elemental_common.run import run
-from elemental_register.installer import pe
 
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
