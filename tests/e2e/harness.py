@@ -251,6 +251,7 @@ def condition(obj: dict[str, Any] | None, ctype: str, field_: str = "status") ->
 
 def pack_seed(registration: bytes, dest: Path, *, work: Path | None = None) -> Path:
     """A seed ISO embedding `registration` (iso.pack's make_iso on the built seed + OS)."""
+    from elemental_common.pe import Uki
     from iso import pack
 
     uki = OUT / "seed.efi"
@@ -265,6 +266,7 @@ def pack_seed(registration: bytes, dest: Path, *, work: Path | None = None) -> P
         os_layout=OUT / "os",
         registration=registration,
         registration_source="e2e",
+        seed_cmdline=Uki(uki).cmdline,
     )
     dest.parent.mkdir(parents=True, exist_ok=True)
     if work is None:
