@@ -13,7 +13,7 @@ export REGISTRATION ?=
 export OS_VERSION ?= 0.1.0
 STAGE := scripts/stage
 
-.PHONY: all setup host venv iso os seed operator-image repack test unit lint e2e bench clean
+.PHONY: all setup host venv iso os seed operator-image repack test unit integration lint e2e bench clean
 
 all: iso
 
@@ -47,13 +47,25 @@ os seed operator-image: setup
 repack: setup
 	@$(STAGE) "seed iso" $(PY) -m iso.pack
 
-## test: lint + unit + integration + VM tests (seed boot, installed disk, the e2e lifecycle chain)
-test: setup lint iso
-	@$(STAGE) "tests" $(PY) -m pytest -q --durations=25 tests
+## test: the README's test command (and CI's): lint and the unit tier first, so a broken unit
+## fails in minutes; then the images, then every other tier (integration, vm, e2e chain).
+test: setup lint unit iso
+	@$(STAGE) "tests (integration, vm, e2e)" $(PY) -m pytest -q --durations=25 -m "not unit" tests
 
+## unit: the unit tier (no root, no VM, no images); seconds
+unit: venv
+	@$(STAGE) "unit tests" $(PY) -m pytest -q -m unit tests
+
+## integration: real swtpm, SQLite, PostgreSQL, loop devices; no VM (needs root for some)
+integration: venv
+	@$(STAGE) "integration tests" $(PY) -m pytest -q -m integration tests
+
+## lint: ruff, mypy, and the layer contract (.importlinter: operator and machine side depend on
+## elemental_common, never on each other; no test code in the product)
 lint: venv
-	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_register elemental_operator iso tests bench
-	@$(STAGE) "mypy" $(VENV)/bin/mypy elemental_register elemental_operator iso bench tests
+	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_common elemental_register elemental_operator iso tests bench
+	@$(STAGE) "mypy" $(VENV)/bin/mypy elemental_common elemental_register elemental_operator iso bench tests
+	@$(STAGE) "layer contract" $(VENV)/bin/lint-imports
 
 ## e2e: the full end-to-end lifecycle suite in QEMU
 e2e: iso

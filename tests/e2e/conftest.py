@@ -71,7 +71,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif missing:
             item.add_marker(pytest.mark.skip(reason=f"missing tools: {', '.join(missing)}"))
         elif "e2e_full" in item.keywords and not full:
-            item.add_marker(pytest.mark.skip(reason="full end-to-end suite: run with --run-e2e (make e2e)"))
+            reason = "full end-to-end suite: run with --run-e2e (make e2e)"
+            # make test (CI) runs the core chain only, by design: these skips are the plan, not a gap.
+            item.add_marker(pytest.mark.allow_skip_in_ci(reason))
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="module")
