@@ -63,9 +63,41 @@ MAX_AUTH_HEADER = 64 * 1024
 
 MSG_INVENTORY_NOT_FOUND = "MachineInventory not found"
 
+# Limits on what a registering machine may send (Elemental has none; issue 11). Each refusal is
+# an Error frame naming the limit, so an operator reading a client's log knows which one it hit.
+# A big server's SMBIOS or SystemDataV2 is ~100 KiB; labels are short templates; annotations
+# follow Kubernetes (all annotations of one object: 256 KiB, keys + values).
+LIMITS: dict[str, int] = {
+    "max-data-message-bytes": 1024 * 1024,  # one SMBIOS / SystemData(V2) payload
+    "max-data-total-bytes": 2 * 1024 * 1024,  # all SMBIOS + SystemData of a session
+    "max-data-depth": 16,  # JSON nesting of SMBIOS / SystemData
+    "max-data-nodes": 50_000,  # JSON values in one SMBIOS / SystemData payload
+    "max-labels": 64,  # client labels per session
+    "max-label-key-bytes": 317,  # prefix (253) + "/" + name (63)
+    "max-label-value-bytes": 1024,  # a client label is a template; its rendering is cut to 58
+    "max-annotations": 64,  # client annotations per session
+    "max-annotation-key-bytes": 317,
+    "max-annotation-value-bytes": 64 * 1024,
+    "max-annotations-total-bytes": 256 * 1024,  # all annotations of the inventory (Kubernetes')
+    "max-rendered-bytes": 64 * 1024,  # output of one template rendering
+}
+
 
 class ProtocolError(Exception):
     """Malformed, unexpected, unknown or oversized data on the wire."""
+
+
+class LimitExceeded(ProtocolError):
+    """Client data over one of ``LIMITS``; ``str(exc)`` names the limit (sent as the Error)."""
+
+    def __init__(self, name: str, what: str, got: int) -> None:
+        self.name, self.limit, self.got = name, LIMITS[name], got
+        super().__init__(f"{what}: {got} exceeds the limit {name}={self.limit}")
+
+
+def check_limit(name: str, what: str, got: int) -> None:
+    if got > LIMITS[name]:
+        raise LimitExceeded(name, what, got)
 
 
 class RemoteError(ProtocolError):
@@ -122,6 +154,25 @@ def decode_json_object(payload: bytes) -> dict[str, Any]:
         raise ProtocolError(f"invalid JSON payload: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("JSON payload is not an object")
+    return obj
+
+
+def decode_data_object(payload: bytes) -> dict[str, Any]:
+    """SMBIOS / SystemData(V2) from a client: a JSON object within the data limits."""
+    check_limit("max-data-message-bytes", "SMBIOS/SystemData message bytes", len(payload))
+    obj = decode_json_object(payload)
+    # Iterative walk: depth and size are checked without recursion.
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        check_limit("max-data-nodes", "SMBIOS/SystemData JSON values", nodes)
+        check_limit("max-data-depth", "SMBIOS/SystemData JSON depth", depth)
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
     return obj
 
 

@@ -149,6 +149,22 @@ class _Identity:
 
 
 @dataclass
+class _Prepared:
+    """Everything a session derives from client data, computed before the store transaction
+    opens: inside it only dict merges run (issue 11: templating a 4 MB label inside the write
+    transaction held SQLite's write lock for minutes)."""
+
+    name: str
+    # key -> (value, sticky): a sticky (Random) value never replaces one already stored.
+    client_labels: dict[str, tuple[str, bool]]
+    client_annotations: dict[str, str]
+    reg_labels: dict[str, tuple[str, bool]]
+    reg_annotations: dict[str, tuple[str, bool]]
+    unmanaged: bool
+    resettable: bool
+
+
+@dataclass
 class _Session:
     registration: Resource
     ctx: OperatorContext
@@ -158,12 +174,102 @@ class _Session:
     templater: Templater = field(default_factory=Templater)
     client_labels: dict[str, str] = field(default_factory=dict)
     client_annotations: dict[str, str] = field(default_factory=dict)
+    data_bytes: int = 0
     version: int = 0
+    prepared: _Prepared | None = None
+
+    # -- receiving client data (bounded: see protocol.LIMITS) -------------------------------
+
+    def add_data(self, payload: bytes) -> None:
+        data = P.decode_data_object(payload)
+        self.data_bytes += len(payload)
+        P.check_limit("max-data-total-bytes", "SMBIOS/SystemData bytes of the session", self.data_bytes)
+        self.templater.fill(data)
+
+    def add_labels(self, payload: bytes) -> None:
+        _add_string_map(self.client_labels, P.decode_string_map(payload), "label")
+
+    def add_annotations(self, payload: bytes) -> None:
+        _add_string_map(self.client_annotations, P.decode_string_map(payload), "annotation")
 
     # -- building the inventory -------------------------------------------------------------
 
+    def _machine_name(self) -> str:
+        template = _get(self.registration, "spec", "machineName") or ""
+        name = default_machine_name()
+        if template:
+            try:
+                rendered = self.templater.render(template)
+            except ValueNotFound as exc:
+                log.warning("cannot render machineName %r (%s), falling back to %s", template, exc, name)
+            except TemplateError as exc:
+                raise RegistrationFailed(f"cannot decode MachineInventory name {template!r}: {exc}") from None
+            else:
+                name = sanitize_machine_name(rendered)
+                if not name:
+                    raise RegistrationFailed(f"invalid MachineInventory name: {rendered[:80]!r}")
+        return name
+
+    def _render_map(self, templates: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+        out: dict[str, tuple[str, bool]] = {}
+        for key, template in templates.items():
+            if not isinstance(template, str):
+                continue
+            try:
+                value = self.templater.render(template)
+            except ValueNotFound as exc:
+                log.warning("cannot render %s=%r: %s", key, template[:80], exc)
+                continue
+            except TemplateError as exc:
+                raise RegistrationFailed(f"failed to decode {key!r}: {exc}") from None
+            out[key] = (value, is_random_template(template))
+        return out
+
+    def prepare(self) -> _Prepared:
+        """Render every template over the client's data (outside any store transaction)."""
+        reg = self.registration
+        prefix = label_prefix(reg)
+        annotations: dict[str, str] = {}
+        for key, value in self.client_annotations.items():
+            full = prefix + _html_escape(key)
+            if valid_label_key(full):
+                annotations[full] = _html_escape(value)
+            else:
+                log.warning("skipping invalid annotation key %r", full[:80])
+        labels: dict[str, tuple[str, bool]] = {}
+        for key, template in self.client_labels.items():
+            full = prefix + key
+            if not valid_label_key(full):
+                log.warning("skipping invalid label key %r", full[:80])
+                continue
+            try:
+                value = sanitize_label_value(self.templater.render(template))
+            except TemplateError as exc:
+                log.warning("cannot render client label %s: %s", key[:80], exc)
+                continue
+            labels[full] = (value, is_random_template(template))
+        reg_labels: dict[str, tuple[str, bool]] = {}
+        for key, (value, sticky) in self._render_map(
+            _get(reg, "spec", "machineInventoryLabels") or {}
+        ).items():
+            clean = sanitize_label_value(value)
+            if not valid_label_key(key) or not clean:
+                log.warning("skipping label %r: invalid key or empty value %r", key, value[:80])
+                continue
+            reg_labels[key] = (clean, sticky)
+        return _Prepared(
+            name=self._machine_name(),
+            client_labels=labels,
+            client_annotations=annotations,
+            reg_labels=reg_labels,
+            reg_annotations=self._render_map(_get(reg, "spec", "machineInventoryAnnotations") or {}),
+            unmanaged=self.client_annotations.get("os.unmanaged") == "true",
+            resettable=bool(_get(reg, "spec", "config", "elemental", "reset", "enabled")),
+        )
+
     def _new_inventory(self) -> Resource:
         reg = self.registration
+        assert self.prepared is not None
         spec: dict[str, Any] = {}
         if self.identity.tpm_hash:
             spec["tpmHash"] = self.identity.tpm_hash
@@ -177,24 +283,11 @@ class _Session:
             spec["network"] = net
             if network.get("ipAddresses"):
                 spec["ipAddressPools"] = copy.deepcopy(network["ipAddresses"])
-        template = _get(reg, "spec", "machineName") or ""
-        name = default_machine_name()
-        if template:
-            try:
-                rendered = self.templater.render(template)
-            except ValueNotFound as exc:
-                log.warning("cannot render machineName %r (%s), falling back to %s", template, exc, name)
-            except TemplateError as exc:
-                raise RegistrationFailed(f"cannot decode MachineInventory name {template!r}: {exc}") from None
-            else:
-                name = sanitize_machine_name(rendered)
-                if not name:
-                    raise RegistrationFailed(f"invalid MachineInventory name: {rendered!r}")
         return {
             "apiVersion": API_VERSION,
             "kind": "MachineInventory",
             "metadata": {
-                "name": name,
+                "name": self.prepared.name,
                 "namespace": reg["metadata"]["namespace"],
                 "labels": {},
                 "annotations": {},
@@ -202,69 +295,30 @@ class _Session:
             "spec": spec,
         }
 
-    def _render_map(self, templates: dict[str, Any], current: dict[str, str], out: dict[str, str]) -> None:
-        for key, template in templates.items():
-            if not isinstance(template, str):
-                continue
-            if is_random_template(template) and key in current:
-                out[key] = current[key]  # sticky random values
-                continue
-            try:
-                value = self.templater.render(template)
-            except ValueNotFound as exc:
-                log.warning("cannot render %s=%r: %s", key, template, exc)
-                continue
-            except TemplateError as exc:
-                raise RegistrationFailed(f"failed to decode {key!r}: {exc}") from None
-            out[key] = value
-
     def apply(self, inventory: Resource) -> Resource:
-        """Labels and annotations of this registration, applied on the stored (or new) object."""
-        reg = self.registration
+        """Labels and annotations of this registration merged into the stored (or new) object.
+        Runs inside the store's write transaction: dict merges only, all values pre-rendered."""
+        prep = self.prepared
+        assert prep is not None
         meta = inventory.setdefault("metadata", {})
         labels: dict[str, str] = dict(meta.get("labels") or {})
         annotations: dict[str, str] = dict(meta.get("annotations") or {})
-        prefix = label_prefix(reg)
-
-        for key, value in self.client_annotations.items():
-            full = prefix + _html_escape(key)
-            if valid_label_key(full):
-                annotations[full] = _html_escape(value)
-            else:
-                log.warning("skipping invalid annotation key %r", full)
+        annotations.update(prep.client_annotations)
         # Elemental looks for this exact key whatever the prefix (its issue #1023): set both.
-        if self.client_annotations.get("os.unmanaged") == "true":
+        if prep.unmanaged:
             annotations[UNMANAGED] = "true"
-
-        for key, template in self.client_labels.items():
-            full = prefix + key
-            if not valid_label_key(full):
-                log.warning("skipping invalid label key %r", full)
-                continue
-            if is_random_template(template) and full in labels:
-                continue
-            try:
-                value = sanitize_label_value(self.templater.render(template))
-            except TemplateError as exc:
-                log.warning("cannot render client label %s=%r: %s", key, template, exc)
-                continue
-            labels[full] = value
-
         # Registration labels come last: they override client labels with the same key.
-        rendered: dict[str, str] = {}
-        self._render_map(_get(reg, "spec", "machineInventoryLabels") or {}, labels, rendered)
-        for key, value in rendered.items():
-            clean = sanitize_label_value(value)
-            if not valid_label_key(key) or not clean:
-                log.warning("skipping label %r: invalid key or empty value %r", key, value)
-                continue
-            labels[key] = clean
-        rendered = {}
-        self._render_map(_get(reg, "spec", "machineInventoryAnnotations") or {}, annotations, rendered)
-        annotations.update(rendered)
-        if _get(reg, "spec", "config", "elemental", "reset", "enabled"):
+        for rendered in (prep.client_labels, prep.reg_labels):
+            for key, (value, sticky) in rendered.items():
+                if not (sticky and key in labels):
+                    labels[key] = value
+        for key, (value, sticky) in prep.reg_annotations.items():
+            if not (sticky and key in annotations):
+                annotations[key] = value
+        if prep.resettable:
             annotations[RESETTABLE] = "true"
-
+        total = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+        P.check_limit("max-annotations-total-bytes", "annotations of the MachineInventory (bytes)", total)
         meta["labels"] = labels
         meta["annotations"] = annotations
         return inventory
@@ -378,6 +432,16 @@ def _static_yaml(registration: Resource, ctx: OperatorContext) -> tuple[bytes, b
     return head, tail
 
 
+def _add_string_map(into: dict[str, str], items: dict[str, str], what: str) -> None:
+    """Merge a client's Labels/Annotations map, refusing anything over the per-value, per-key
+    and per-session count limits."""
+    for key, value in items.items():
+        P.check_limit(f"max-{what}-key-bytes", f"{what} key bytes", len(key.encode()))
+        P.check_limit(f"max-{what}-value-bytes", f"{what} {key[:63]!r} value bytes", len(value.encode()))
+        into[key] = value
+        P.check_limit(f"max-{what}s", f"{what}s of the session", len(into))
+
+
 async def _store(fn: Any, *args: Any) -> Any:
     # The store is synchronous (SQLAlchemy); keep the event loop free for other machines.
     return await asyncio.to_thread(fn, *args)
@@ -458,11 +522,11 @@ async def serve_registration(
                 session.version = P.negotiate_version(payload)
                 reply, reply_payload = P.MsgType.VERSION, P.encode_version(session.version)
             elif msg_type in (P.MsgType.SMBIOS, P.MsgType.SYSTEM_DATA_V2, P.MsgType.SYSTEM_DATA):
-                session.templater.fill(P.decode_json_object(payload))
+                session.add_data(payload)
             elif msg_type == P.MsgType.LABELS:
-                session.client_labels.update(P.decode_string_map(payload))
+                session.add_labels(payload)
             elif msg_type == P.MsgType.ANNOTATIONS:
-                session.client_annotations.update(P.decode_string_map(payload))
+                session.add_annotations(payload)
             elif msg_type == P.MsgType.UPDATE:
                 session.updating = True
                 if await _store(identity.find, ctx) is None:
@@ -473,6 +537,7 @@ async def serve_registration(
                     )
                     raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND)
             elif msg_type == P.MsgType.GET:
+                session.prepared = session.prepare()
                 inventory, created = await _store(session.commit)
                 data = session.config_yaml(inventory)
                 if session.version and session.version < P.MsgType.CONFIG:
