@@ -208,7 +208,16 @@ def public_key_of_tpmt(pub: TPMT_PUBLIC) -> PublicKey:
             raise AttestationError(f"attestation key too small: {bits} bits")
         exponent = int(detail.exponent) or 65537
         modulus = int.from_bytes(bytes(pub.unique.rsa), "big")
-        return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        # A hostile client controls every field: refuse what cryptography would choke on (it
+        # raises ValueError, which became "internal error" and a traceback) and weak keys.
+        if exponent < 3 or exponent % 2 == 0:
+            raise AttestationError(f"invalid AK RSA exponent {exponent}")
+        if modulus.bit_length() < MIN_RSA_BITS or modulus.bit_length() != bits:
+            raise AttestationError(f"invalid AK RSA modulus ({modulus.bit_length()} bits, keyBits {bits})")
+        try:
+            return rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        except ValueError as exc:
+            raise AttestationError(f"invalid AK RSA key: {exc}") from None
     if key_type == TPM2_ALG.ECC:
         curve = _CURVES.get(int(pub.parameters.eccDetail.curveID))
         if curve is None:
@@ -253,7 +262,19 @@ def _verify_signature(key: PublicKey, sig: TPMT_SIGNATURE, message: bytes) -> No
 
 
 def check_ak_parameters(params: AttestationParameters) -> bytes:
-    """go-attestation's checkTPM20AKParameters; returns the AK name the challenge binds to."""
+    """go-attestation's checkTPM20AKParameters; returns the AK name the challenge binds to.
+
+    Every failure is an ``AttestationError``: the input is the client's, so whatever the
+    parsing libraries raise on a crafted value is a refusal, never an internal error."""
+    try:
+        return _check_ak_parameters(params)
+    except AttestationError:
+        raise
+    except (ValueError, TypeError, OverflowError, KeyError, IndexError) as exc:
+        raise AttestationError(f"malformed attestation key: {type(exc).__name__}: {exc}") from None
+
+
+def _check_ak_parameters(params: AttestationParameters) -> bytes:
     if len(params.create_signature) < 8:
         raise AttestationError(
             f"signature is too short to be valid: only {len(params.create_signature)} bytes"

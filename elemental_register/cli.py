@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--registration-ca-cert", help="CA certificate of the operator (path or PEM)")
     p.add_argument("--emulate-tpm", action="store_true", default=None, help="emulate a TPM (swtpm)")
     p.add_argument(
-        "--emulated-tpm-seed", type=int, help="seed of the emulated TPM (-1: from the SMBIOS UUID)"
+        "--emulated-tpm-seed",
+        type=int,
+        help="seed of the emulated TPM (-1: a random seed, kept in the state file)",
     )
     p.add_argument("--no-smbios", action="store_true", default=None, help="do not send SMBIOS data")
     p.add_argument("--auth", choices=["tpm", "mac", "sys-uuid"], help="authentication method (default tpm)")

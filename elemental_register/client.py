@@ -63,23 +63,16 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_emulated_seed(cfg: RegistrationConfig, state: State, uuid: Callable[[], str]) -> int:
-    """Elemental's GetTPMSeed: reuse a persisted seed, else -1 → from the SMBIOS UUID, else cfg."""
+def resolve_emulated_seed(cfg: RegistrationConfig, state: State) -> int:
+    """Elemental's GetTPMSeed: reuse the seed persisted in the state file, else cfg's fixed seed;
+    -1 (and 0) get a random seed made here and persisted by the caller. Never derived from SMBIOS:
+    the UUID is public (it is in the default name m-<UUID>), so a UUID seed let anyone who knew
+    it register as that machine (issue 11)."""
     if state.emulated_tpm and state.emulated_tpm_seed:
         return state.emulated_tpm_seed
     if cfg.emulated_tpm_seed not in (-1, 0):
         return cfg.emulated_tpm_seed
-    seed = None
-    if cfg.emulated_tpm_seed == -1:
-        try:
-            seed = hardware.smbios_uuid_seed(uuid())
-        except LookupError:
-            seed = None
-    if not seed:
-        # Seed 0 (Elemental: an unseeded simulator, a new identity on every run) also gets a
-        # random seed, but one that is persisted so that re-registration keeps working.
-        seed = secrets.randbits(63) or 1
-    return seed
+    return secrets.randbits(63) or 1
 
 
 @contextmanager
@@ -193,7 +186,7 @@ def register(
     if cfg.auth == "tpm":
         seed = None
         if cfg.emulate_tpm:
-            seed = resolve_emulated_seed(cfg, state, src.uuid)
+            seed = resolve_emulated_seed(cfg, state)
             new_state.emulated_tpm, new_state.emulated_tpm_seed = True, seed
             auth_name = "emulated-tpm"
             log.info("Starting TPM emulation (seed %d)", seed)

@@ -323,7 +323,7 @@ def _registration() -> Schema:
             "url": string(),
             "ca-cert": string(),
             "emulate-tpm": boolean(),
-            "emulated-tpm-seed": integer(doc="-1 derives a per-machine seed."),
+            "emulated-tpm-seed": integer(doc="-1: a random seed made on the machine, kept in its state."),
             "no-smbios": boolean(),
             # Not an enum: the operator compares it case-insensitively (tpm, mac, sys-uuid).
             "auth": string(default="tpm"),
@@ -383,6 +383,17 @@ MACHINE_REGISTRATION = KindDef(
             machineInventoryAnnotations=string_map(),
             labelPrefix=string(doc='Prefix of client labels: empty means elemental.cattle.io/, "-" none.'),
             config=_config(),
+            tpm=obj(
+                allowEmulated=boolean(
+                    doc="false refuses EKs without a certificate and clients that declare an "
+                    "emulated TPM (default true)."
+                ),
+                ekCABundle=string(
+                    doc="PEM bundle of TPM manufacturer CAs: EK certificates of this registration's "
+                    "machines must chain to it (on top of the operator-wide --tpm-ca)."
+                ),
+                doc="Which TPMs this registration accepts.",
+            ),
         ),
         obj(
             conditions=conditions(),

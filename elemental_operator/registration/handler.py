@@ -20,6 +20,7 @@ import copy
 import hashlib
 import logging
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from elemental_common.consts import LABEL_PREFIX
 from elemental_operator.api import API_VERSION, ValidationError
 from elemental_operator.context import OperatorContext
 from elemental_operator.registration.templater import (
+    MAX_NAME_LEN,
     TemplateError,
     Templater,
     ValueNotFound,
@@ -50,6 +52,8 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 # Bounds a session independently of the deadline (a normal one has < 10 messages).
 MAX_MESSAGES = 64
 COMMIT_RETRIES = 5
+NAME_CONFLICT_RETRIES = 3
+NAME_CONFLICT = LABEL_PREFIX + "name-conflict"
 
 
 class RegistrationNotReady(LookupError):
@@ -162,6 +166,8 @@ class _Prepared:
     reg_annotations: dict[str, tuple[str, bool]]
     unmanaged: bool
     resettable: bool
+    # The name another machine's inventory already had (see _Session.commit).
+    name_conflict: str = ""
 
 
 @dataclass
@@ -325,31 +331,51 @@ class _Session:
 
     def commit(self) -> tuple[Resource, bool]:
         """Create or update the machine's inventory in one store transaction: ``(inventory,
-        created)``. Blocking store call: run it in a worker thread."""
-        names: list[str] = []
+        created)``. Blocking store call: run it in a worker thread.
 
-        def new() -> Resource:
-            inventory = self.apply(self._new_inventory())
-            names.append(inventory["metadata"]["name"])
-            return inventory
+        Identity rule: an inventory belongs to its TPM hash (or PLAIN machine hash), never to
+        its name. When a new hash renders a name that another machine's inventory already
+        has (both claim the same SMBIOS UUID, say), the newcomer gets the name plus a random
+        suffix and a ``name-conflict`` annotation: nothing is overwritten, and a machine that
+        spoofs another's UUID first cannot lock the real one out."""
+        assert self.prepared is not None
+        wanted = self.prepared.name
+        for attempt in range(NAME_CONFLICT_RETRIES + 1):
+            try:
+                return self.ctx.store.upsert_inventory(
+                    **self.identity.hashes(),
+                    new=None if self.updating else self._new_applied,
+                    modify=self.apply,
+                    retries=COMMIT_RETRIES,
+                )
+            except AlreadyExists:
+                if attempt == NAME_CONFLICT_RETRIES:
+                    raise RegistrationFailed(
+                        f"MachineInventory {self.prepared.name} already exists"
+                    ) from None
+                log.warning(
+                    "registration: MachineInventory %s already belongs to another machine; "
+                    "this one (%s) is registered under a suffixed name",
+                    wanted,
+                    self.identity.tpm_hash or self.identity.machine_hash,
+                )
+                self.prepared.name = f"{wanted[: MAX_NAME_LEN - 6].rstrip('-.')}-{secrets.token_hex(3)[:5]}"
+                self.prepared.name_conflict = wanted
+            except ValidationError as exc:
+                raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
+            except NotFound:
+                raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND) from None
+            except Conflict:
+                # The hash index refused a create, or a concurrent writer kept winning.
+                raise RegistrationFailed("a MachineInventory for this machine already exists") from None
+        raise AssertionError("unreachable")
 
-        try:
-            return self.ctx.store.upsert_inventory(
-                **self.identity.hashes(),
-                new=None if self.updating else new,
-                modify=self.apply,
-                retries=COMMIT_RETRIES,
-            )
-        except AlreadyExists:
-            name = names[-1] if names else ""
-            raise RegistrationFailed(f"MachineInventory {name} already exists") from None
-        except ValidationError as exc:
-            raise RegistrationFailed(f"invalid MachineInventory: {exc}") from None
-        except NotFound:
-            raise RegistrationFailed(P.MSG_INVENTORY_NOT_FOUND) from None
-        except Conflict:
-            # The hash index refused a create, or a concurrent writer kept winning.
-            raise RegistrationFailed("a MachineInventory for this machine already exists") from None
+    def _new_applied(self) -> Resource:
+        inventory = self.apply(self._new_inventory())
+        assert self.prepared is not None
+        if self.prepared.name_conflict:
+            inventory["metadata"]["annotations"][NAME_CONFLICT] = self.prepared.name_conflict
+        return inventory
 
     def config(self, inventory: Resource) -> dict[str, Any]:
         """Config returned on Get (Go's writeMachineInventoryCloudConfig)."""
@@ -432,6 +458,10 @@ def _static_yaml(registration: Resource, ctx: OperatorContext) -> tuple[bytes, b
     return head, tail
 
 
+def _allows_emulated(registration: Resource) -> bool:
+    return _get(registration, "spec", "tpm", "allowEmulated") is not False
+
+
 def _add_string_map(into: dict[str, str], items: dict[str, str], what: str) -> None:
     """Merge a client's Labels/Annotations map, refusing anything over the per-value, per-key
     and per-session count limits."""
@@ -481,10 +511,15 @@ async def _authenticate(
             raise RegistrationFailed("authentication failure")
         return _Identity(auth="plain", machine_hash=hashlib.sha256(auth.identifier.encode()).hexdigest())
 
+    policy = _get(registration, "spec", "tpm") or {}
     try:
         ek = attestation.parse_ek(auth.ek_pem)
         if ctx.tpm_ca_pem:
             attestation.verify_ek_certificate(ek, ctx.tpm_ca_pem)
+        if policy.get("ekCABundle"):
+            attestation.verify_ek_certificate(ek, str(policy["ekCABundle"]))
+        if policy.get("allowEmulated") is False and ek.certificate is None:
+            raise attestation.AttestationError("this registration refuses TPMs without an EK certificate")
         ak_name = attestation.check_ak_parameters(auth.ak)
         challenge = attestation.make_challenge(ek, ak_name)
     except attestation.AttestationError as exc:
@@ -527,6 +562,10 @@ async def serve_registration(
                 session.add_labels(payload)
             elif msg_type == P.MsgType.ANNOTATIONS:
                 session.add_annotations(payload)
+                if session.client_annotations.get("auth") == "emulated-tpm" and not _allows_emulated(
+                    registration
+                ):
+                    raise RegistrationFailed("this registration refuses emulated TPMs")
             elif msg_type == P.MsgType.UPDATE:
                 session.updating = True
                 if await _store(identity.find, ctx) is None:
