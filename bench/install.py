@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from elemental_common.run import run
-from elemental_register.installer import core, disk, source
+from elemental_register.installer import disk, image, install, source, upgrade
 from elemental_register.installer.disk import GiB, MiB
 from elemental_register.installer.testing import esp_dir, loop_disk, make_oci, make_rootfs, mounted
 
@@ -59,14 +59,14 @@ def main() -> None:
             stages: list[tuple[float, str]] = []
             t0 = time.monotonic()
             # unpack in RAM as on the seed (its /tmp is RAM); BENCH_WORKDIR overrides
-            core.install(
+            install.install(
                 {"elemental": {"install": {"device": dev, "system-uri": system}}},
                 lambda s, p: stages.append((time.monotonic() - t0, s)),
                 workdir=os.environ.get("BENCH_WORKDIR", "/dev/shm"),
             )
             t_install = time.monotonic() - t0
             table = {p["name"]: p for p in disk.read_table(dev)}
-            st_erofs = core.erofs_size(table["COS_SYSTEM_A"]["node"])
+            st_erofs = image.erofs_size(table["COS_SYSTEM_A"]["node"])
             kernel = 0
             for name in ("linux", "initrd"):
                 run(
@@ -85,8 +85,8 @@ def main() -> None:
             with open(blob, "wb") as f:
                 f.write(os.urandom(st_erofs + kernel))
             t1 = time.monotonic()
-            core.copy_blocks(blob, table["COS_SYSTEM_B"]["node"])
-            core.copy_blocks(blob, table["COS_PERSISTENT"]["node"], st_erofs)
+            image.copy_blocks(blob, table["COS_SYSTEM_B"]["node"])
+            image.copy_blocks(blob, table["COS_PERSISTENT"]["node"], st_erofs)
             t_copy = time.monotonic() - t1
             # upgrade into slot B (offline, as if slot A were running)
             with (
@@ -94,7 +94,7 @@ def main() -> None:
                 mounted(table["COS_OEM"]["node"], work / "oem") as oem_dir,
             ):
                 t2 = time.monotonic()
-                core.upgrade(
+                upgrade.upgrade(
                     system,
                     esp=esp,
                     oem_dir=oem_dir,

@@ -20,7 +20,7 @@ from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig, Connection
-from elemental_register.installer import api, core, oem
+from elemental_register.installer import api, oem, system
 
 TOKEN = "agent-token"
 
@@ -320,8 +320,8 @@ def test_rolled_back_upgrade_is_reported_failed(
         {"instructions": [{"name": "os upgrade", "command": "/bin/sh", "args": ["-c", f"echo >> {marker}"]}]}
     )
     cs = planlib.checksum(fake.plan)
-    monkeypatch.setattr(core, "booted_slot", lambda: "a")
-    monkeypatch.setattr(core, "boot_id", lambda: "boot-1")
+    monkeypatch.setattr(system, "booted_slot", lambda: "a")
+    monkeypatch.setattr(system, "boot_id", lambda: "boot-1")
     agent.step()
     assert fake.status["applied-checksum"] == cs
     # what `elemental upgrade` records, then a reboot that came back on slot A
@@ -341,7 +341,7 @@ def test_rolled_back_upgrade_is_reported_failed(
     )
     agent.step()
     assert fake.status["applied-checksum"] == cs  # same boot: pending
-    monkeypatch.setattr(core, "boot_id", lambda: "boot-2")
+    monkeypatch.setattr(system, "boot_id", lambda: "boot-2")
     agent.step()
     assert fake.status["failed-checksum"] == cs and fake.status["applied-checksum"] == ""
     assert "rolled back to slot A" in planlib.unpack_output(fake.status["failed-output"])["os upgrade"]

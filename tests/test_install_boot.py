@@ -42,12 +42,12 @@ def os_image() -> str:
 def disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0 or not shutil.which("qemu-system-x86_64"):
         pytest.skip("needs root, loop devices and qemu")
-    from elemental_register.installer import core
+    from elemental_register.installer.build_disk import build_disk
 
     system = os_image()
     d = tmp_path_factory.mktemp("vm")
     raw = d / "disk.raw"
-    core.build_disk(system, raw, 6 * GiB)
+    build_disk(system, raw, 6 * GiB)
     return raw
 
 

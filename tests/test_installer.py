@@ -14,8 +14,10 @@ import yaml
 
 from elemental_common.errors import Die
 from elemental_common.run import run
-from elemental_register.installer import boot, core, disk, oem, source
+from elemental_register.installer import boot, disk, oem, source
+from elemental_register.installer.build_disk import build_disk
 from elemental_register.installer.disk import GiB, MiB
+from elemental_register.installer.install import install
 from elemental_register.installer.testing import loop_disk, make_oci, make_rootfs, mounted
 
 needs_root = pytest.mark.skipif(
@@ -152,7 +154,7 @@ def test_install_on_loop_disk(tmp_path: Path, image: str) -> None:
     stages: list[tuple[str, int]] = []
     with loop_disk(tmp_path / "disk.raw", 6 * GiB) as dev:
         cfg = reg_config(dev, image)
-        assert core.install(cfg, lambda s, p: stages.append((s, p)), state={"emulatedTPM": True}) == dev
+        assert install(cfg, lambda s, p: stages.append((s, p)), state={"emulatedTPM": True}) == dev
         percents = [p for _, p in stages]
         assert percents == sorted(percents) and percents[0] == 0 and percents[-1] == 100
 
@@ -218,13 +220,13 @@ def test_bad_config_never_touches_the_disk(tmp_path: Path, image: str) -> None:
             os.fsync(f.fileno())
         before = _digest(tmp_path / "small.raw")
         with pytest.raises(Die, match="disk too small"):
-            core.install(reg_config(dev, image))
+            install(reg_config(dev, image))
         with pytest.raises(Die, match="cannot read the OS image|no tag"):
-            core.install(reg_config(dev, f"oci:{tmp_path}/nolayout:1"))
+            install(reg_config(dev, f"oci:{tmp_path}/nolayout:1"))
         with pytest.raises(Die, match="no tag '9.9'"):
-            core.install(reg_config(dev, image.rsplit(":", 1)[0] + ":9.9"))
+            install(reg_config(dev, image.rsplit(":", 1)[0] + ":9.9"))
         with pytest.raises(Die, match="does not exist"):
-            core.install(reg_config("/dev/does-not-exist", image))
+            install(reg_config("/dev/does-not-exist", image))
         assert _digest(tmp_path / "small.raw") == before
 
 
@@ -246,20 +248,20 @@ def test_interrupted_install_can_be_repeated(
     tmp_path: Path, image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with loop_disk(tmp_path / "disk.raw", 6 * GiB) as dev:
-        core.install(reg_config(dev, image))
+        install(reg_config(dev, image))
 
         def boom(*a: Any, **k: Any) -> None:
             raise KeyboardInterrupt
 
         # cut off after the table and slot A are written, before the ESP
-        monkeypatch.setattr(core.oem, "oem_tree", boom)
+        monkeypatch.setattr(oem, "oem_tree", boom)
         with pytest.raises(KeyboardInterrupt):
-            core.install(reg_config(dev, image))
+            install(reg_config(dev, image))
         table = {p["name"]: p for p in disk.read_table(dev)}
         # no boot loader left: firmware falls through to the seed
         assert "TYPE=" not in run(["blkid", "-o", "export", table["COS_EFI"]["node"]], check=False).stdout
         monkeypatch.undo()
-        core.install(reg_config(dev, image))
+        install(reg_config(dev, image))
         esp = {p["name"]: p for p in disk.read_table(dev)}["COS_EFI"]["node"]
         assert "elemental-a+3.conf" in run(["mdir", "-i", esp, "-b", "::/loader/entries"]).stdout
 
@@ -267,7 +269,7 @@ def test_interrupted_install_can_be_repeated(
 @needs_root
 def test_build_disk(tmp_path: Path, image: str) -> None:
     out = tmp_path / "os.raw"
-    core.build_disk(image, out, 4 * GiB)
+    build_disk(image, out, 4 * GiB)
     table = {p["name"]: p for p in disk.read_table(str(out))}
     assert len(table) == 6
     assert out.stat().st_size == 4 * GiB
@@ -290,7 +292,7 @@ def test_corrupt_layer_is_refused_before_the_disk(tmp_path: Path, image: str, wh
     with loop_disk(tmp_path / "d.raw", 6 * GiB) as dev:
         before = _digest(tmp_path / "d.raw")
         with pytest.raises(Die, match="digest|unpacking layer|decompressed"):
-            core.install(reg_config(dev, f"oci:{broken}:1.0.0"))
+            install(reg_config(dev, f"oci:{broken}:1.0.0"))
         assert _digest(tmp_path / "d.raw") == before
 
 

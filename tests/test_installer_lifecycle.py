@@ -14,8 +14,12 @@ import yaml
 
 from elemental_common.errors import Die
 from elemental_common.run import run
-from elemental_register.installer import cloudconfig, core, oem, setup
+from elemental_register.installer import cloudconfig, oem, setup
+from elemental_register.installer.bless import bless
+from elemental_register.installer.build_disk import build_disk
 from elemental_register.installer.disk import GiB
+from elemental_register.installer.efivars import LOADER_GUID
+from elemental_register.installer.reset import reset
 from elemental_register.installer.testing import (
     disk_partitions,
     esp_dir,
@@ -25,6 +29,7 @@ from elemental_register.installer.testing import (
     mounted,
     offline_upgrade,
 )
+from elemental_register.installer.upgrade import upgrade_outcome
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("umoci"),
@@ -56,7 +61,7 @@ def installed(tmp_path: Path, system: str, **install: object) -> Path:
         },
         "cloud-config": {"hostname": "edge"},
     }
-    core.build_disk(system, raw, 6 * GiB, config)
+    build_disk(system, raw, 6 * GiB, config)
     return raw
 
 
@@ -83,9 +88,9 @@ def test_upgrade_writes_inactive_slot_with_tries(tmp_path: Path, images: tuple[s
     assert st["generation"] == 2 and st["slots"]["b"]["version"] == "2.0.0"
     assert st["upgrade"]["target"] == "b" and st["upgrade"]["from"] == "a"
     # outcome as the agent sees it
-    assert core.upgrade_outcome(st, "a", st["upgrade"]["boot_id"])[0] == "pending"  # type: ignore[index]
-    assert core.upgrade_outcome(st, "b", "next-boot")[0] == "succeeded"  # type: ignore[index]
-    assert core.upgrade_outcome(st, "a", "next-boot")[0] == "failed"  # type: ignore[index]
+    assert upgrade_outcome(st, "a", st["upgrade"]["boot_id"])[0] == "pending"  # type: ignore[index]
+    assert upgrade_outcome(st, "b", "next-boot")[0] == "succeeded"  # type: ignore[index]
+    assert upgrade_outcome(st, "a", "next-boot")[0] == "failed"  # type: ignore[index]
     # running B now: the next upgrade goes to A, with a higher version than B
     assert offline_upgrade(raw, v1, "b", tmp_path) == "a"
     with disk_partitions(raw) as parts, esp_dir(parts["COS_EFI"], tmp_path) as esp:
@@ -127,7 +132,7 @@ def test_reset_restores_slot_a_and_wipes(tmp_path: Path, images: tuple[str, str]
             (o / "elemental/reset-requested").write_text("now")
             (o / "stale-file").write_text("x")
             with esp_dir(parts["COS_EFI"], tmp_path) as esp:
-                core.reset(new_config, esp=esp, oem_dir=o, state={"emulatedTPM": False}, force=True)
+                reset(new_config, esp=esp, oem_dir=o, state={"emulatedTPM": False}, force=True)
             reg = yaml.safe_load((o / "registration/config.yaml").read_text())
             assert reg["elemental"]["registration"]["url"] == "https://op/reg2"
             conn = json.loads((o / "elemental/agent/elemental_connection.json").read_text())
@@ -146,7 +151,7 @@ def test_reset_restores_slot_a_and_wipes(tmp_path: Path, images: tuple[str, str]
 
 def test_reset_refused_outside_recovery(tmp_path: Path) -> None:
     with pytest.raises(Die, match="only runs from the recovery"):
-        core.reset({}, oem_dir=tmp_path)
+        reset({}, oem_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------- cloud-config
@@ -233,9 +238,9 @@ def test_bless_renames_the_booted_entry(tmp_path: Path) -> None:
     efivars = tmp_path / "efivars"
     efivars.mkdir()
     value = "\\loader\\entries\\elemental-b+1-2.conf".encode("utf-16-le") + b"\0\0"
-    (efivars / f"LoaderBootCountPath-{core.LOADER_GUID}").write_bytes(b"\x06\0\0\0" + value)
+    (efivars / f"LoaderBootCountPath-{LOADER_GUID}").write_bytes(b"\x06\0\0\0" + value)
     absent = tmp_path / "no-systemd-bless-boot"
-    assert core.bless(esp, efivars, Path("/bin/sh")) is None  # systemd's own tool present: defer
-    assert core.bless(esp, efivars, absent) == "elemental-b.conf"
+    assert bless(esp, efivars, Path("/bin/sh")) is None  # systemd's own tool present: defer
+    assert bless(esp, efivars, absent) == "elemental-b.conf"
     assert [p.name for p in (esp / "loader/entries").iterdir()] == ["elemental-b.conf"]
-    assert core.bless(esp, efivars, absent) is None  # already blessed
+    assert bless(esp, efivars, absent) is None  # already blessed

@@ -27,7 +27,7 @@ from elemental_common.pe import parse_os_release
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.client import OperatorClient, OperatorError
 from elemental_register.agent.config import AgentConfig, Connection
-from elemental_register.installer import boot, core, oem
+from elemental_register.installer import boot, oem, system, upgrade
 
 log = logging.getLogger("elemental.agent")
 
@@ -142,7 +142,7 @@ class Agent:
         if not self.managed:
             return
         st = oem.load_system_state(self.oem_dir)
-        outcome = core.upgrade_outcome(st, core.booted_slot(), core.boot_id())
+        outcome = upgrade.upgrade_outcome(st, system.booted_slot(), system.boot_id())
         if not outcome:
             return
         kind, msg = outcome

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from elemental_register.installer import core, oem
-
-Progress = Callable[[str, int], None]
+from elemental_register.installer import install as _install
+from elemental_register.installer import oem
+from elemental_register.installer import reset as _reset
+from elemental_register.installer.progress import Progress
 
 
 def install(config: dict[str, Any], progress: Progress, *, state: dict[str, Any] | None = None) -> None:
     """Install the OS as config.elemental.install says. `state` is the register client's state
     file content (written to /oem/registration/state.yaml); default: the live seed's state file."""
-    core.install(config, progress, state=state)
+    _install.install(config, progress, state=state)
 
 
 def reset(config: dict[str, Any], progress: Progress, *, state: dict[str, Any] | None = None) -> None:
     """Reset from recovery as config.elemental.reset says, then reboot (default) or power off."""
-    core.reset(config, progress, state=state)
+    _reset.reset(config, progress, state=state)
 
 
 def install_unmanaged(config: dict[str, Any], root: Path = Path("/")) -> None:

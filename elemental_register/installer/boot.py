@@ -16,7 +16,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from elemental_common.errors import die
 from elemental_common.pe import Uki
+from elemental_register.installer import disk, durable
+from elemental_register.installer.image import SystemImage
 
 ENTRY_RE = re.compile(r"^(?P<id>.+?)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
 TRIES = 3
@@ -107,15 +110,20 @@ def entry_text(title: str, version: str, sort_key: str, kdir: str, options: str)
 def write_kernel(esp: Path, name: str, uki: Uki) -> str:
     kdir = f"EFI/elemental/{name}"
     (esp / kdir).mkdir(parents=True, exist_ok=True)
-    _write_atomic(esp / kdir / "linux", uki.linux)
-    _write_atomic(esp / kdir / "initrd", uki.initrd)
+    durable.write_atomic(esp / kdir / "linux", uki.linux)
+    durable.write_atomic(esp / kdir / "initrd", uki.initrd)
     return kdir
 
 
 def remove_entries(esp: Path, entry_id: str) -> None:
+    """Remove the entries of `entry_id`, durably: the slot they point at is rewritten next."""
+    removed = False
     for e in entries(esp):
         if e.id == entry_id:
             e.path.unlink()
+            removed = True
+    if removed:
+        durable.fsync_path(esp / "loader/entries")
 
 
 def write_entry(esp: Path, entry_id: str, text: str, tries: int | None) -> Path:
@@ -124,25 +132,68 @@ def write_entry(esp: Path, entry_id: str, text: str, tries: int | None) -> Path:
     name = f"{entry_id}+{tries}.conf" if tries is not None else f"{entry_id}.conf"
     path = esp / "loader/entries" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, text.encode())
+    durable.write_atomic(path, text.encode())
     return path
 
 
 def install_loader(esp: Path, sd_boot: bytes) -> None:
     for rel in ("EFI/systemd/systemd-bootx64.efi", "EFI/BOOT/BOOTX64.EFI"):
         (esp / rel).parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(esp / rel, sd_boot)
+        durable.write_atomic(esp / rel, sd_boot)
     (esp / "loader/entries").mkdir(parents=True, exist_ok=True)
-    _write_atomic(esp / "loader/loader.conf", LOADER_CONF.encode())
-    _write_atomic(esp / "loader/entries.srel", b"type1\n")
+    durable.write_atomic(esp / "loader/loader.conf", LOADER_CONF.encode())
+    durable.write_atomic(esp / "loader/entries.srel", b"type1\n")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    import os
+def find_esp() -> Path:
+    for p in (Path("/efi"), Path("/boot/efi"), Path("/boot")):
+        if (p / "loader/entries").is_dir():
+            return p
+    die(
+        "cannot find the ESP (no loader/entries under /efi, /boot/efi or /boot)",
+        "the installed OS mounts COS_EFI at /efi; is this an installed system?",
+    )
 
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+def mounts_for(layout: disk.Layout, *, recovery: bool = False) -> dict[str, str]:
+    m = {
+        "/oem": f"PARTUUID={layout.part('oem').uuid}|ext4|defaults",
+        "/efi": f"PARTUUID={layout.part('esp').uuid}|vfat|umask=0077",
+    }
+    if not recovery:  # recovery must leave COS_PERSISTENT unmounted: reset reformats it
+        m["/var"] = f"PARTUUID={layout.part('persistent').uuid}|ext4|defaults"
+    return m
+
+
+def machine_id(layout: disk.Layout) -> str:
+    """/etc is ephemeral, so the machine id comes from the command line: the persistent
+    partition's UUID, stable across upgrades (journal directories in /var/log/journal stay)."""
+    return "systemd.machine_id=" + layout.part("persistent").uuid.replace("-", "").lower()
+
+
+def slot_entry(esp: Path, layout: disk.Layout, image: SystemImage, slot: str, generation: int) -> None:
+    """The counted entry of `slot` (its kernel, initrd and command line); the slot is written first."""
+    kdir = write_kernel(esp, slot, image.uki)
+    opts = kernel_options(
+        image.uki, layout.part(slot).uuid, slot, mounts_for(layout), extra=machine_id(layout)
+    )
+    title = f"{image.os_release.get('PRETTY_NAME', 'Elemental OS')} {image.version} (slot {slot.upper()})"
+    write_entry(esp, slot_entry_id(slot), entry_text(title, str(generation), "elemental", kdir, opts), TRIES)
+
+
+def recovery_entry(esp: Path, layout: disk.Layout, image: SystemImage) -> None:
+    kdir = write_kernel(esp, "recovery", image.uki)
+    opts = kernel_options(
+        image.uki,
+        layout.part("recovery").uuid,
+        "recovery",
+        mounts_for(layout, recovery=True),
+        mode="recovery",
+        extra=machine_id(layout),
+    )
+    write_entry(
+        esp,
+        RECOVERY_ID,
+        entry_text(f"Elemental recovery {image.version}", "0", "elemental-recovery", kdir, opts),
+        None,
+    )

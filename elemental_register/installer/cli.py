@@ -1,4 +1,4 @@
-"""`elemental install | upgrade | reset | build-disk | setup`."""
+"""`elemental install|upgrade|reset|build-disk|setup|status|bless`: the installer's command line."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from elemental_common.errors import Die, die
+from elemental_common.errors import die, entry_point
 from elemental_common.log import setup_logging
-from elemental_register.installer import core, disk
+from elemental_register.installer import bless, build_disk, disk, install, reset, system, upgrade
 
 
 def _load_config(path: str | None) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def _progress(stage: str, percent: int) -> None:
     print(f"[{percent:3d}%] {stage}", flush=True)
 
 
+@entry_point("elemental")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="elemental", description="Install, upgrade and reset the Elemental OS")
     ap.add_argument("-d", "--debug", action="store_true")
@@ -67,11 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = ap.parse_args(argv)
     setup_logging(args.debug)
-    try:
-        return _dispatch(args)
-    except Die as e:
-        print(f"elemental {args.cmd}: {e}", file=sys.stderr)
-        return 1
+    return _dispatch(args)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -84,26 +81,26 @@ def _dispatch(args: argparse.Namespace) -> int:
                 inst[key] = val
         inst["reboot"] = inst.get("reboot") or args.reboot
         inst["poweroff"] = inst.get("poweroff") or args.poweroff
-        dev = core.install(cfg, _progress)
+        dev = install.install(cfg, _progress)
         print(f"installed on {dev}")
     elif args.cmd == "upgrade":
-        slot = core.upgrade(args.system, _progress, recovery=args.recovery)
+        slot = upgrade.upgrade(args.system, _progress, recovery=args.recovery)
         print(f"slot {slot.upper()} boots next")
         if args.reboot:
-            core.power({"reboot": True})
+            system.power({"reboot": True})
     elif args.cmd == "reset":
         cfg = _load_config(args.config or "/oem/registration/config.yaml")
-        core.reset(cfg, _progress, force=args.force)
+        reset.reset(cfg, _progress, force=args.force)
     elif args.cmd == "build-disk":
         size = disk.parse_quantity(args.size if args.size[-1:] in "0123456789i" else args.size + "i")
-        core.build_disk(args.system, Path(args.output), size, _load_config(args.config), _progress)
+        build_disk.build_disk(args.system, Path(args.output), size, _load_config(args.config), _progress)
         print(f"wrote {args.output}")
     elif args.cmd == "setup":
         from elemental_register.installer import setup
 
         setup.main()
     elif args.cmd == "bless":
-        name = core.bless()
+        name = bless.bless()
         if name:
             print(f"blessed {name}")
     elif args.cmd == "status":
@@ -112,11 +109,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from elemental_register.installer import oem
 
         st = oem.load_system_state(Path("/oem"))
-        out = core.upgrade_outcome(st, core.booted_slot(), core.boot_id())
+        out = upgrade.upgrade_outcome(st, system.booted_slot(), system.boot_id())
         print(
             json.dumps(
                 {
-                    "booted": core.booted_slot(),
+                    "booted": system.booted_slot(),
                     "slots": st.get("slots"),
                     "upgrade": out and {"outcome": out[0], "message": out[1]},
                 },

@@ -308,3 +308,19 @@ def read_table(disk_path: str) -> list[dict[str, Any]]:
 
     data = json.loads(run(["sfdisk", "--json", disk_path]).stdout)
     return list(data["partitiontable"].get("partitions", []))
+
+
+def partition_device(partuuid: str) -> str:
+    """The device node of the partition with `partuuid` (udev's link, else blkid)."""
+    p = Path(f"/dev/disk/by-partuuid/{partuuid}")
+    if p.exists():
+        return str(p.resolve())
+    out = run(["blkid", "-l", "-o", "device", "-t", f"PARTUUID={partuuid}"], check=False).stdout.strip()
+    if not out:
+        die(f"no partition with PARTUUID {partuuid}", "is the system disk attached?")
+    return str(out)
+
+
+def device_size(dev: str) -> int:
+    with open(dev, "rb") as f:
+        return f.seek(0, os.SEEK_END)

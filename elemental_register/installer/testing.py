@@ -122,11 +122,11 @@ def esp_dir(dev: str, work: Path) -> Iterator[Path]:
 
 def offline_upgrade(image: Path, system: str, booted: str, work: Path) -> str:
     """Run `elemental upgrade` against a disk image from the host, as if `booted` were running."""
-    from elemental_register.installer import core
+    from elemental_register.installer import upgrade
 
     with disk_partitions(image) as parts:
         with esp_dir(parts["COS_EFI"], work) as esp, mounted(parts["COS_OEM"], work / "oem") as oem_dir:
-            return core.upgrade(system, esp=esp, oem_dir=oem_dir, booted=booted)
+            return upgrade.upgrade(system, esp=esp, oem_dir=oem_dir, booted=booted)
 
 
 def esp_entries(image: Path, work: Path) -> list[str]:

@@ -1,0 +1,95 @@
+"""`elemental reset`: from recovery, wipe persistent (and OEM) and restore slot A from the recovery image."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from elemental_common.errors import die
+from elemental_common.pe import Uki
+from elemental_common.run import run
+from elemental_register.installer import boot, disk, oem, source, system
+from elemental_register.installer.image import (
+    SystemImage,
+    copy_blocks,
+    erofs_size,
+    find_uki,
+    format_persistent,
+)
+from elemental_register.installer.progress import Progress, no_progress
+
+
+def reset(
+    config: dict[str, Any],
+    progress: Progress | None = None,
+    *,
+    esp: Path | None = None,
+    oem_dir: Path = Path("/oem"),
+    state: dict[str, Any] | None = None,
+    force: bool = False,
+) -> None:
+    """From recovery: wipe persistent (and OEM), put the recovery image back into slot A as the
+    only system, rewrite the OEM files from the (new) registration config."""
+    progress = progress or no_progress
+    rs = (config.get("elemental") or {}).get("reset") or {}
+    if system.boot_mode() != "recovery" and not force:
+        die("reset only runs from the recovery system", "the reset plan boots recovery first")
+    st = oem.load_system_state(oem_dir)
+    layout = system.layout_from_state(st)
+    esp = esp or boot.find_esp()
+    for p in layout.parts:
+        p.device = disk.partition_device(p.uuid)
+    rec = st.get("recovery") or {}
+    with tempfile.TemporaryDirectory(prefix="elemental-reset-") as tmp:
+        tmpd = Path(tmp)
+        rec_mnt = tmpd / "recovery"
+        rec_mnt.mkdir()
+        run(["mount", "-o", "ro", "-t", "erofs", layout.part("recovery").device, str(rec_mnt)])
+        try:
+            uki = Uki(find_uki(rec_mnt))
+            image = SystemImage(
+                rec_mnt,
+                Path(layout.part("recovery").device),
+                int(rec.get("size") or 0),
+                uki,
+                b"",
+                source.os_release(rec_mnt),
+                str(rec.get("source", "recovery")),
+            )
+            if rs.get("reset-persistent", True):
+                progress("formatting persistent", 10)
+                format_persistent(layout, rec_mnt / "var")
+        finally:
+            run(["umount", str(rec_mnt)], check=False)
+        progress("restoring system slot A", 30)
+        size = image.size or erofs_size(layout.part("recovery").device)
+        boot.remove_entries(esp, boot.slot_entry_id("a"))
+        boot.remove_entries(esp, boot.slot_entry_id("b"))
+        copy_blocks(layout.part("recovery").device, layout.part("a").device, size)  # fsynced
+        run(["wipefs", "--all", "--quiet", layout.part("b").device], check=False)
+        gen = int(st.get("generation", 1)) + 1
+        image.size = size
+        boot.slot_entry(esp, layout, image, "a", gen)
+        st.update(generation=gen, upgrade=None, slots={"a": {**rec, "generation": gen}, "b": None})
+        progress("writing OEM configuration", 80)
+        if rs.get("reset-oem", True):
+            _reformat_oem(layout, oem_dir)
+        oem.oem_tree(oem_dir, config, state)
+        (oem_dir / oem.OEM_RESET_MARK).unlink(missing_ok=True)
+        (oem_dir / "reset-cloud-config.yaml").unlink(missing_ok=True)
+        oem.save_system_state(oem_dir, st)
+    run(["sync"], check=False)
+    progress("reset", 100)
+    system.power(rs, default_reboot=True)
+
+
+def _reformat_oem(layout: disk.Layout, oem_dir: Path) -> None:
+    dev = layout.part("oem").device
+    mounted = os.path.ismount(oem_dir)
+    if mounted:
+        run(["umount", str(oem_dir)])
+    run(["mkfs.ext4", "-q", "-F", "-L", disk.LABEL_OEM, dev])
+    if mounted:
+        run(["mount", dev, str(oem_dir)])
