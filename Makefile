@@ -41,7 +41,7 @@ iso: setup
 
 ## os / seed / operator-image: one image each (mkosi, incremental)
 os seed operator-image: setup
-	@$(STAGE) "image $@" scripts/build-image $@
+	@$(STAGE) "image $@" $(PY) -m imagebuild $@
 
 ## repack: (re)pack the seed ISO and PXE files; seconds, no rootfs rebuild
 repack: setup
@@ -63,8 +63,8 @@ integration: venv
 ## lint: ruff, mypy, and the layer contract (.importlinter: operator and machine side depend on
 ## elemental_common, never on each other; no test code in the product)
 lint: venv
-	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_common elemental_register elemental_operator iso tests bench
-	@$(STAGE) "mypy" $(VENV)/bin/mypy elemental_common elemental_register elemental_operator iso bench tests
+	@$(STAGE) "ruff" $(VENV)/bin/ruff check elemental_common elemental_register elemental_operator iso imagebuild tests bench
+	@$(STAGE) "mypy" $(VENV)/bin/mypy elemental_common elemental_register elemental_operator iso imagebuild bench tests
 	@$(STAGE) "layer contract" $(VENV)/bin/lint-imports
 
 ## e2e: the full end-to-end lifecycle suite in QEMU

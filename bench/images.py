@@ -34,7 +34,10 @@ def _make(worktree: Path, out: Path, **env: str) -> float:
     # the three images at once, as `make iso` does (IMAGE_JOBS=3)
     builds = [
         subprocess.Popen(
-            ["scripts/build-image", target], cwd=worktree, env=environ, stdout=subprocess.DEVNULL
+            [str(REPO / ".venv/bin/python"), "-m", "imagebuild", target],
+            cwd=worktree,
+            env=environ,
+            stdout=subprocess.DEVNULL,
         )
         for target in ("os", "seed", "operator-image")
     ]
@@ -75,7 +78,7 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         try:
-            # scripts/build-image runs tools from <repo>/.venv; share ours (nothing is installed into it).
+            # imagebuild runs tools from <repo>/.venv; share ours (nothing is installed into it).
             (worktree / ".venv").symlink_to(REPO / ".venv")
             cold = _make(worktree, out, MKOSI_ARGS="-f")
             warm = _make(worktree, out)

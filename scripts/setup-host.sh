@@ -15,7 +15,7 @@ BPO_PACKAGES=(
 # Packages from bookworm itself.
 PACKAGES=(
   mtools dosfstools erofs-utils squashfs-tools xorriso cpio zstd pigz kmod
-  tpm2-tools python3-pefile python3-venv python3-dev libtss2-dev pkg-config
+  tpm2-tools python3-pefile python3-installer python3-venv python3-dev libtss2-dev pkg-config
   dmidecode skopeo umoci fdisk gdisk e2fsprogs util-linux debian-archive-keyring
   bubblewrap isolinux syslinux-common ca-certificates curl
   postgresql
