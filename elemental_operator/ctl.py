@@ -26,16 +26,18 @@ from typing import IO, Any
 import yaml
 
 from elemental_common import consts
+from elemental_common.errors import Die, entry_point
 from elemental_operator.api import KindInfo, ValidationError, json_path, resolve_kind
 
 DEFAULT_NAMESPACE = "fleet-default"
 
 
-class CtlError(Exception):
-    """A failure to show the user; ``status`` is the HTTP status when the server answered."""
+class CtlError(Die):
+    """A failure to show the user (the one user-error type); ``status`` is the HTTP status when the
+    server answered."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, hint: str = "") -> None:
+        super().__init__(message, hint)
         self.status = status
 
 
@@ -457,6 +459,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point("elementalctl")
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     args = parser().parse_args(argv)
     out = out or sys.stdout
@@ -474,11 +477,8 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
             return cmd_delete(client, args, out)
         if args.cmd == "edit":
             return cmd_edit(client, args, out)
-    except (CtlError, ValidationError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except ValidationError as exc:
+        raise CtlError(str(exc)) from None
     return 2
 
 
