@@ -14,14 +14,15 @@ from typing import Any
 
 import yaml
 
+from elemental_common.errors import Die, die, entry_point
+from elemental_common.run import run
 from elemental_register import hardware
-from elemental_register.client import REG_VERSION, RegistrationError, register_with_retries
+from elemental_register.client import REG_VERSION, register_with_retries
 from elemental_register.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_PATH,
     INSTALL_CONFIG_PATHS,
     INSTALL_STATE_PATH,
-    ConfigError,
     RegistrationConfig,
     apply_registration,
     ca_cert_pem,
@@ -29,6 +30,7 @@ from elemental_register.config import (
     load_yaml,
     registration_section,
 )
+from elemental_register.installer import api as installer_api
 from elemental_register.state import State, load_state, save_state
 
 log = logging.getLogger("elemental-register")
@@ -95,9 +97,8 @@ def dumpdata(raw: bool, fmt: str, out: Callable[[str], Any] | None = None) -> in
     if raw:
         try:
             data = hardware.read_smbios()
-        except Exception as exc:
-            log.error("cannot read SMBIOS data with dmidecode: %s", exc)
-            return 1
+        except Die as exc:
+            die(f"cannot read SMBIOS data: {exc.message}", "dumpdata --raw runs dmidecode, as root")
     else:
         data = hardware.system_data_v2()
     if fmt == "labels":
@@ -116,7 +117,7 @@ def _parse_labels(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
+            die(f"--label {item!r}: expected KEY=VALUE")
         labels[key] = value
     return labels
 
@@ -165,7 +166,6 @@ def progress_reporter(config: dict[str, Any], ca_pem: str) -> Callable[[str, int
 def reset_network() -> None:
     """--reset-network: drop the operator-provided network config and restart networking."""
     import glob
-    import subprocess
 
     for path in [NETWORK_FILE, *glob.glob(os.path.join(NM_CONNECTIONS, "*.nmconnection"))]:
         try:
@@ -179,10 +179,12 @@ def reset_network() -> None:
         ["systemctl", "start", "NetworkManager-wait-online"],
         ["systemctl", "restart", "elemental-system-agent"],
     ):
-        try:
-            subprocess.run(argv, check=False, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("%s: %s", " ".join(argv), exc)
+        try:  # best effort: a missing tool or a hung restart must not stop the reset
+            proc = run(argv, check=False, stream=True, timeout=120)
+            if proc.returncode != 0:
+                log.warning("%s: exit %d", " ".join(argv), proc.returncode)
+        except Die as exc:
+            log.warning("%s", exc.message)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -242,11 +244,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.reset and args.no_toolkit:
         log.info("Reset not supported on hosts without the Elemental toolkit (--no-toolkit)")
         return 0
-    try:
-        from elemental_register.installer import api as installer_api
-    except ImportError as exc:
-        log.error("the installer is not available in this build: %s", exc)
-        return 1
     with open(state_path, encoding="utf-8") as f:
         state_data = yaml.safe_load(f)
     if args.install and args.no_toolkit:
@@ -258,7 +255,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+@entry_point("elemental-register")
 def main(argv: list[str] | None = None) -> int:
+    """User errors (registration, config, installer: all `Die`) end as one line and exit 1."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -270,13 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dumpdata":
         return dumpdata(args.raw, args.format)
-    try:
-        return _run(args)
-    except (RegistrationError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return _run(args)
 
 
 if __name__ == "__main__":

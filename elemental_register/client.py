@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elemental_common import protocol as P
+from elemental_common.errors import Die
 from elemental_register import hardware
 from elemental_register.config import RegistrationConfig, ca_cert_pem
 from elemental_register.state import State
@@ -35,12 +36,16 @@ except Exception:  # running from a source tree without metadata
     REG_VERSION = "0.0.0-dev"
 
 
-class RegistrationError(Exception):
-    """One-line, user-facing failure. ``retryable`` says whether backing off may help."""
+class RegistrationError(Die):
+    """A failed registration: the user-facing `Die`, plus whether backing off may help
+    (``retryable``) and the operator's HTTP status when it answered with one."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, retryable: bool = False, hint: str = "", status: int | None = None
+    ) -> None:
+        super().__init__(message, hint)
         self.retryable = retryable
+        self.status = status
 
 
 @dataclass
@@ -137,13 +142,16 @@ async def _connect(cfg: RegistrationConfig, header: str) -> AsyncIterator[Any]:
         if status == 404:
             raise RegistrationError(
                 f"registration URL unknown to the operator (404): {cfg.url} "
-                "(wrong or deleted registration token)"
+                "(wrong or deleted registration token)",
+                status=status,
             ) from None
         if status in (401, 403):
             raise RegistrationError(
-                f"operator refused authentication ({status}): {body or 'unauthorized'}"
+                f"operator refused authentication ({status}): {body or 'unauthorized'}", status=status
             ) from None
-        raise RegistrationError(f"operator answered HTTP {status}: {body}", retryable=status >= 500) from None
+        raise RegistrationError(
+            f"operator answered HTTP {status}: {body}", retryable=status >= 500, status=status
+        ) from None
     except ssl.SSLCertVerificationError as exc:
         raise RegistrationError(
             f"TLS certificate of {cfg.url} is not trusted ({exc.verify_message}): "

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from elemental_common.errors import die
+
 DEFAULT_CONFIG_PATH = "/oem/registration/config.yaml"
 DEFAULT_STATE_PATH = "/oem/registration/state.yaml"
 INSTALL_STATE_PATH = "/tmp/registration/state.yaml"
@@ -20,10 +22,6 @@ INSTALL_CONFIG_PATHS = (
 )
 DEFAULT_TCTI = "device:/dev/tpmrm0"
 AUTH_METHODS = ("tpm", "mac", "sys-uuid")
-
-
-class ConfigError(Exception):
-    pass
 
 
 @dataclass
@@ -42,15 +40,16 @@ class RegistrationConfig:
 
     def validate(self) -> None:
         if not self.url:
-            raise ConfigError(
-                "registration URL is empty (set elemental.registration.url or --registration-url)"
+            die(
+                "registration URL is empty",
+                "set elemental.registration.url in the registration config, or --registration-url",
             )
         if not self.url.startswith(("http://", "https://", "ws://", "wss://")):
-            raise ConfigError(f"registration URL {self.url!r} is not an http(s) URL")
+            die(f"registration URL {self.url!r} is not an http(s) URL")
         if self.tpm_ak_alg not in ("rsa", "ecc"):
-            raise ConfigError(f"tpm-ak-alg must be rsa or ecc, not {self.tpm_ak_alg!r}")
+            die(f"tpm-ak-alg must be rsa or ecc, not {self.tpm_ak_alg!r}")
         if self.auth not in AUTH_METHODS:
-            raise ConfigError(f"unknown auth method {self.auth!r} (one of {', '.join(AUTH_METHODS)})")
+            die(f"unknown auth method {self.auth!r} (one of {', '.join(AUTH_METHODS)})")
 
 
 _KEYS = {
@@ -73,11 +72,11 @@ def load_yaml(path: str) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        die(f"cannot read {path}: {exc}")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a YAML map")
+        die(f"{path}: expected a YAML map")
     return data
 
 
@@ -104,7 +103,7 @@ def apply_registration(cfg: RegistrationConfig, section: dict[str, Any]) -> Regi
             else:
                 converted = typ(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"elemental.registration.{key}: invalid value {value!r}") from None
+            die(f"elemental.registration.{key}: invalid value {value!r}")
         setattr(cfg, attr, converted)
     return cfg
 
@@ -118,7 +117,7 @@ def ca_cert_pem(value: str) -> str:
     if os.path.isfile(value):
         with open(value, encoding="utf-8") as f:
             return f.read()
-    raise ConfigError(f"registration CA cert {value!r} is neither PEM nor a readable file")
+    die(f"registration CA cert {value!r} is neither PEM nor a readable file")
 
 
 def load_labels_file(path: str) -> dict[str, str]:

@@ -19,10 +19,11 @@ import os
 import re
 import socket
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from elemental_common.run import run as _run_tool
 
 SMBIOS_TYPES = ("0", "1", "2", "3", "4", "11")
 _STOP_TITLES = {"OEM-specific Type", "End Of Table"}
@@ -85,10 +86,12 @@ def parse_dmidecode(text: str) -> dict[str, Any]:
 
 
 def read_smbios(run: Callable[[list[str]], str] | None = None) -> dict[str, Any]:
-    """Run dmidecode for the types Elemental reads; raises OSError/CalledProcessError on failure."""
+    """Run dmidecode for the types Elemental reads; raises `Die` on failure (no dmidecode, not root)."""
 
     def _run(argv: list[str]) -> str:
-        return subprocess.run(argv, check=True, capture_output=True, text=True, errors="replace").stdout
+        # bytes: firmware strings are not always UTF-8, and a bad byte must not lose the table
+        out: bytes = _run_tool(argv, binary=True, hint="dmidecode reads SMBIOS as root").stdout
+        return out.decode(errors="replace")
 
     runner = run or _run
     return parse_dmidecode("".join(runner(["dmidecode", "-t", t]) for t in SMBIOS_TYPES))

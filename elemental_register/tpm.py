@@ -48,6 +48,7 @@ from tpm2_pytss.utils import NoSuchIndex, create_ek_template, wrap
 
 from elemental_common.attestation import PublicKey, pkix_der, public_key_of_tpmt, tpm_hash
 from elemental_common.protocol import AttestationData, AttestationParameters
+from elemental_common.run import spawn
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +429,7 @@ class Swtpm:
         last = ""
         for _ in range(5):
             self.port = _free_port_pair()
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [
                     self.binary,
                     "socket",

@@ -80,7 +80,7 @@ def test_one_line_errors(
     operator: InProcessOperator,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     sleeps: list[float] = []
     real = client.register_with_retries
@@ -89,11 +89,13 @@ def test_one_line_errors(
     conf.write_text(
         "elemental: {registration: {url: 'https://127.0.0.1:1/elemental/registration/x', auth: mac}}\n"
     )
+    capsys.readouterr()
     rc = cli.main(["--config-path", str(conf), "--state-path", str(tmp_path / "s.yaml")])
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
     assert rc == 1 and sleeps == [2.0, 4.0, 8.0, 16.0]  # 5 attempts, exponential backoff
-    assert len(errors) == 1 and errors[0].startswith("operator unreachable at https://127.0.0.1:1/")
-    assert "\n" not in errors[0]
+    assert errors == [errors[0]] and errors[0].startswith(
+        "elemental-register: error: operator unreachable at https://127.0.0.1:1/"
+    )
     # Unknown token: not retried.
     sleeps.clear()
     reg = operator.add_registration()
@@ -110,9 +112,34 @@ def test_one_line_errors(
             }
         )
     )
-    caplog.clear()
     assert cli.main(["--config-path", str(conf), "--state-path", str(tmp_path / "s.yaml")]) == 1
-    assert sleeps == [] and "(404)" in caplog.text
+    assert sleeps == [] and "(404)" in capsys.readouterr().err
+
+
+def test_failed_install_is_one_error_line(
+    operator: InProcessOperator,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`elemental-register --install` with an install that fails (the device does not exist):
+    the real installer's `Die` ends as one error line and exit 1, never a Python traceback."""
+    reg = operator.add_registration(
+        config={
+            "elemental": {
+                "registration": {"auth": "mac"},
+                "install": {"device": str(tmp_path / "no-such-disk")},
+            }
+        }
+    )
+    conf, state = _files(operator, tmp_path, reg, auth="mac")
+    capsys.readouterr()
+    rc = cli.main(["--install", "--config-path", str(conf), "--state-path", str(state)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert rc == 1
+    assert len(errors) == 1 and errors[0].startswith("elemental-register: error: ")
+    assert "no-such-disk" in errors[0]
+    assert "Traceback" not in err
 
 
 def test_install_hands_config_to_installer(

@@ -69,7 +69,6 @@ class Agent:
         root: Path = Path("/"),
         oem_dir: Path = Path("/oem"),
         managed: bool | None = None,
-        run_cmd: Callable[[list[str]], int] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
@@ -77,7 +76,6 @@ class Agent:
         self.root = root
         self.oem_dir = oem_dir
         self.now = now
-        self.run_cmd = run_cmd or _run_cmd
         self.state_path = cfg.work_directory.parent / "state.json"
         self.state = self._load()
         self.managed = managed if managed is not None else bool(oem.load_system_state(oem_dir))
@@ -286,12 +284,6 @@ class Agent:
         while True:
             delay = self.step()
             time.sleep(max(delay, 1.0))
-
-
-def _run_cmd(argv: list[str]) -> int:
-    import subprocess
-
-    return subprocess.run(argv, check=False).returncode
 
 
 def wait_for_connection(cfg: AgentConfig) -> Connection:

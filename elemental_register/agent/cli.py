@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from elemental_common.errors import Die
+from elemental_common.errors import entry_point
 from elemental_common.log import setup_logging
 from elemental_register.agent.agent import Agent, wait_for_config, wait_for_connection
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig
 
 
+@entry_point("elemental-system-agent")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="elemental-system-agent", description="Apply the operator's plans to this machine"
@@ -31,23 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-d", "--debug", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.debug)
-    try:
-        from pathlib import Path
-
-        cfg_path = Path(args.config) if args.config else None
-        wait_for_config(cfg_path)
-        cfg = AgentConfig.load(cfg_path)
-        conn = wait_for_connection(cfg)
-        agent = Agent(cfg, OperatorClient(conn, strict=cfg.strict_verify))
-        if args.once:
-            agent.step()
-            return 0 if not agent.state.failed_checksum else 1
-        agent.run_forever()
-    except Die as e:
-        print(f"elemental-system-agent: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    cfg_path = Path(args.config) if args.config else None
+    wait_for_config(cfg_path)
+    cfg = AgentConfig.load(cfg_path)
+    conn = wait_for_connection(cfg)
+    agent = Agent(cfg, OperatorClient(conn, strict=cfg.strict_verify))
+    if args.once:
+        agent.step()
+        return 0 if not agent.state.failed_checksum else 1
+    agent.run_forever()
     return 0
 
 

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elemental_common.errors import Die
+from elemental_common.run import spawn
+
 log = logging.getLogger("elemental.agent")
 
 # Instructions that name a container image run it as the execution directory in
@@ -123,13 +126,26 @@ def run_instruction(
     env["PATH"] = env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin") + f":{exec_dir}"
     argv = [str(ins["command"]), *[str(a) for a in ins.get("args") or []]]
     log.info("instruction %s: %s", ins.get("name", "?"), " ".join(argv))
+    # An instruction's failure is the plan's result (exit code and output reported to the
+    # operator, as rancher-system-agent does), not an error of the agent: nothing here raises.
     try:
-        proc = subprocess.run(argv, cwd=exec_dir, env=env, capture_output=True, timeout=timeout, check=False)
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
-    except FileNotFoundError:
-        code, out, err = 127, b"", f"{argv[0]}: command not found".encode()
-    except subprocess.TimeoutExpired as e:
-        code, out, err = 124, e.stdout or b"", (e.stderr or b"") + b"\ntimed out"
+        proc = spawn(
+            argv,
+            cwd=exec_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            code, err = 124, err + b"\ntimed out"
+    except Die as e:  # spawn's missing-command failure: the shell's exit code for it
+        code, out, err = 127, b"", e.message.encode()
     finally:
         shutil.rmtree(exec_dir, ignore_errors=True)
     return code, out[-_MAX_OUTPUT:].decode(errors="replace"), err[-_MAX_OUTPUT:].decode(errors="replace")

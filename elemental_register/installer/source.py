@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from elemental_common.errors import die
+from elemental_common.errors import Die, die
 from elemental_common.pe import parse_os_release
-from elemental_common.run import run
+from elemental_common.run import check_exit, run, spawn
 
 SEED_LAYOUT = "/run/initramfs/live/os"
 
@@ -191,23 +191,22 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
                 _apply_whiteouts(blob, media, rootfs)
             except (zlib.error, tarfile.TarError, OSError) as e:
                 _damaged(layer["digest"], f"cannot be read: {e}")
-        tar = subprocess.Popen(
-            [
-                "tar",
-                "-x",
-                "--numeric-owner",
-                "-p",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--exclude=.wh.*",
-                "--exclude=*/.wh.*",
-                "-C",
-                str(rootfs),
-                "-f",
-                "-",
-            ],
-            stdin=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        tar_argv = [
+            "tar",
+            "-x",
+            "--numeric-owner",
+            "-p",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--exclude=.wh.*",
+            "--exclude=*/.wh.*",
+            "-C",
+            str(rootfs),
+            "-f",
+            "-",
+        ]
+        tar = spawn(
+            tar_argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, hint="tar (GNU tar) must be installed"
         )
         assert tar.stdin is not None
         digest = hashlib.sha256()
@@ -223,12 +222,10 @@ def extract_layers(layout: Path, tag: str, rootfs: Path) -> None:
         finally:
             if not tar.stdin.closed:
                 tar.stdin.close()
-        err = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
-        if tar.wait() != 0:
-            die(
-                f"unpacking layer {layer['digest']} failed: {err.strip()[-2000:]}",
-                "the OS image may be damaged; rebuild or re-copy it",
-            )
+        err = tar.stderr.read() if tar.stderr else b""
+        check_exit(
+            tar_argv, tar.wait(), err, hint=f"unpacking layer {layer['digest']}: the OS image may be damaged"
+        )
         if f"sha256:{digest.hexdigest()}" != layer["digest"]:
             _damaged(layer["digest"], "does not match its digest")
 
@@ -240,7 +237,7 @@ def _damaged(digest: str, what: str) -> NoReturn:
 def _decompressed(blob: Path, media: str, digest: Any) -> Iterator[bytes]:
     with open(blob, "rb") as f:
         if media.endswith("+zstd") or media.endswith(".zstd"):
-            z = subprocess.Popen(["zstd", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            z = spawn(["zstd", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, hint="install zstd")
             # a thread feeds zstd while we read its output (both ends are pipes)
             import threading
 
@@ -256,8 +253,11 @@ def _decompressed(blob: Path, media: str, digest: Any) -> Iterator[bytes]:
             assert z.stdout is not None
             yield from iter(lambda: z.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
             t.join()
-            if z.wait() != 0:
-                raise OSError(f"zstd exited with status {z.returncode}")
+            # the caller reports a bad layer as damaged (OSError); the wrapper says how zstd ended
+            try:
+                check_exit(["zstd", "-dc"], z.wait())
+            except Die as e:
+                raise OSError(e.message) from None
             return
         dec = zlib.decompressobj(31) if "gzip" in media or media.endswith(".tar+gz") else None
         for chunk in iter(lambda: f.read(1 << 20), b""):
