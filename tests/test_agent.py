@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 
 from elemental_common.errors import Die
@@ -20,9 +21,10 @@ from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig, Connection
-from elemental_register.installer import api, oem, system
+from elemental_register.installer import api, boot, oem, system
 
 TOKEN = "agent-token"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def make_tls(d: Path) -> tuple[str, Path, Path]:
@@ -273,6 +275,7 @@ def test_reset_plan_unmanaged_only_writes_marker(
 def test_reset_plan_managed_boots_recovery(
     tmp_path: Path, operator: tuple[FakeOperator, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Elemental's own reset plan (grub2-editenv) still boots recovery on our systemd-boot OS."""
     fake, url, pem = operator
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -307,6 +310,54 @@ def test_reset_plan_managed_boots_recovery(
     assert (tmp_path / "oem/elemental/reset-requested").exists()
     assert (tmp_path / "oem/reset-cloud-config.yaml").exists()
     assert fake.status["applied-checksum"] == planlib.checksum(fake.plan)
+
+
+def test_operator_reset_plan_agrees_with_the_os(
+    tmp_path: Path, operator: tuple[FakeOperator, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Producer and consumer agree: the operator's reset plan for a managed OS starts a unit the
+    OS image has (and enables), and says what our agent runs, so the agent runs it as written."""
+    from elemental_operator.controllers.machineinventory import reset_plan
+
+    fake, url, pem = operator
+    inventory = {
+        "apiVersion": "elemental.cattle.io/v1beta1",
+        "kind": "MachineInventory",
+        "metadata": {"name": "m1", "namespace": "fleet-default", "annotations": {}},
+        "spec": {},
+    }
+    raw = reset_plan(inventory).decode()
+    plan = planlib.parse(raw)
+    [cc_file] = [f for f in plan["files"] if f["path"] == "/oem/reset-cloud-config.yaml"]
+    cc = yaml.safe_load(base64.b64decode(cc_file["content"]))
+    started = [
+        cmd.split()[-1]
+        for steps in cc["stages"].values()
+        for step in steps
+        for cmd in step.get("commands") or []
+        if cmd.startswith("systemctl start ")
+    ]
+    assert started
+    os_units = REPO / "overlays/os/usr/lib/systemd"
+    presets = "".join(p.read_text() for p in (os_units / "system-preset").glob("*.preset"))
+    for unit in started:
+        unit = unit if "." in unit else f"{unit}.service"
+        assert (os_units / "system" / unit).is_file(), f"the reset plan starts {unit}, which the OS lacks"
+        assert f"enable {unit}\n" in presets
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    for tool in ("bootctl", "shutdown"):
+        (bindir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        (bindir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    agent, _ = make_agent(tmp_path, url, pem, managed=True)
+    assert agent._adapt(plan, "reset") == plan  # nothing to rewrite: the plan speaks systemd-boot
+    fake.plan_type, fake.plan = "reset", raw
+    agent.step()
+    assert calls.read_text() == f"bootctl set-oneshot {boot.RECOVERY_ID}.conf\nshutdown -r +1\n"
+    assert fake.status["applied-checksum"] == planlib.checksum(raw)
 
 
 def test_rolled_back_upgrade_is_reported_failed(

@@ -39,6 +39,12 @@ from elemental_operator.store.base import AlreadyExists, NotFound, Resource, Wat
 UNMANAGED_NAME = "os.unmanaged"
 ADOPTION_TIMEOUT = 5.0
 LOCAL_RESET_PLAN_PATH = "/oem/reset-cloud-config.yaml"
+# The unit of the OS image that resets from recovery (overlays/os/usr/lib/systemd/system/), under
+# Elemental's name so that an Elemental OS image and ours both have it.
+RESET_UNIT = "elemental-register-reset.service"
+# The installer's recovery boot entry (elemental_register.installer.boot.RECOVERY_ID; the layer
+# contract keeps the operator from importing it, tests/test_agent.py ties the two together).
+RECOVERY_ENTRY = "elemental-recovery.conf"
 
 
 def is_unmanaged(inventory: Resource) -> bool:
@@ -64,7 +70,7 @@ def reset_plan(inventory: Resource) -> bytes:
                 {
                     "if": "[ -f /run/cos/recovery_mode ] || [ -f /run/elemental/recovery_mode ]",
                     "name": "Runs elemental reset",
-                    "commands": ["systemctl start elemental-register-reset"],
+                    "commands": [f"systemctl start {RESET_UNIT}"],
                 }
             ]
         },
@@ -78,11 +84,14 @@ def reset_plan(inventory: Resource) -> bytes:
                 "args": ["--debug", "--reset-network"],
             }
         )
+    # Our OS boots with systemd-boot: a one-shot boot of the recovery entry is what our agent runs.
+    # (Elemental's plan says `grub2-editenv /oem/grubenv set next_entry=recovery`; our agent still
+    # understands that form, for an OS of ours managed by Elemental's own operator.)
     instructions.append(
         {
             "name": "configure next boot to recovery mode",
-            "command": "grub2-editenv",
-            "args": ["/oem/grubenv", "set", "next_entry=recovery"],
+            "command": "bootctl",
+            "args": ["set-oneshot", RECOVERY_ENTRY],
         }
     )
     # One minute of grace so the agent can report applied-checksum before the reboot.

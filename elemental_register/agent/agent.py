@@ -3,8 +3,9 @@
 Differences from rancher-system-agent, on purpose:
 * the applied checksum is kept on disk (/var/lib/elemental/agent/state.json), so a restart does
   not re-apply the last plan (an upgrade plan would otherwise upgrade again at every boot);
-* reset plans are carried out with systemd-boot (`bootctl set-oneshot` of the recovery entry)
-  instead of grub2-editenv; on an unmanaged OS only the plan's files are written;
+* reset plans boot recovery with systemd-boot (`bootctl set-oneshot` of the recovery entry, as
+  our operator's plan says); Elemental's grub2-editenv form is still understood and turned into
+  that; on an unmanaged OS only the plan's files are written;
 * after an upgrade the agent compares the booted slot with the one the upgrade targeted and
   reports a rollback as a failure of the upgrade plan (failed-checksum + failed-output).
 """
@@ -177,6 +178,10 @@ class Agent:
                     }
                 )
             return {"files": files}
+        # Our operator's plan already says `bootctl set-oneshot <recovery entry>` and passes
+        # unchanged. Elemental's own operator says `grub2-editenv /oem/grubenv set
+        # next_entry=recovery`, which on a systemd-boot OS would fail (no grub2-editenv) or do
+        # nothing: an OS of ours managed by Elemental's operator must still reach recovery.
         out = []
         for ins in plan.get("instructions") or []:
             if ins.get("command") == "grub2-editenv" or "next_entry=recovery" in (ins.get("args") or []):
