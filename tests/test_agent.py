@@ -360,6 +360,49 @@ def test_operator_reset_plan_agrees_with_the_os(
     assert fake.status["applied-checksum"] == planlib.checksum(raw)
 
 
+def test_plan_is_recorded_applied_before_its_reboot(
+    tmp_path: Path, operator: tuple[FakeOperator, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut right after the reboot instruction must not make the machine run the plan again
+    (measured: an upgrade then wrote the new OS into the fallback slot too). So by the time the
+    reboot instruction runs, the state file on disk already says the plan is applied."""
+    fake, url, pem = operator
+    agent, _ = make_agent(tmp_path, url, pem, managed=True)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    seen = tmp_path / "state-at-reboot"
+    exit_code = tmp_path / "shutdown-exit"
+    exit_code.write_text("0")
+    (bindir / "shutdown").write_text(
+        f'#!/bin/sh\ncat {agent.state_path} > {seen} 2>/dev/null; exit "$(cat {exit_code})"\n'
+    )
+    (bindir / "shutdown").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    fake.plan_type = "upgrade"
+    fake.plan = plan_json(
+        {
+            "instructions": [
+                {"name": "os upgrade", "command": "/bin/true"},
+                {"name": "schedule reboot", "command": "shutdown", "args": ["-r", "+1"]},
+            ]
+        }
+    )
+    cs = planlib.checksum(fake.plan)
+    agent.step()
+    assert json.loads(seen.read_text())["applied_checksum"] == cs
+    assert fake.status["applied-checksum"] == cs
+    # a reboot instruction that fails: the plan is not applied after all, and is retried
+    exit_code.write_text("1")
+    fake.plan = plan_json(
+        {"instructions": [{"name": "schedule reboot", "command": "shutdown", "args": ["-r"]}]}
+    )
+    cs2 = planlib.checksum(fake.plan)
+    agent.step()
+    assert json.loads(seen.read_text())["applied_checksum"] == cs2  # recorded before it ran
+    assert fake.status["applied-checksum"] == cs and fake.status["failed-checksum"] == cs2
+    assert json.loads(agent.state_path.read_text())["applied_checksum"] == cs
+
+
 def test_rolled_back_upgrade_is_reported_failed(
     tmp_path: Path, operator: tuple[FakeOperator, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

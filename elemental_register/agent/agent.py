@@ -19,7 +19,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from elemental_common.pe import parse_os_release
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.client import OperatorClient, OperatorError
 from elemental_register.agent.config import AgentConfig, Connection
-from elemental_register.installer import boot, oem, system, upgrade
+from elemental_register.installer import boot, durable, oem, system, upgrade
 
 log = logging.getLogger("elemental.agent")
 
@@ -94,10 +94,9 @@ class Agent:
             return LocalState()
 
     def _save(self) -> None:
+        """Durably (fsync of the file and its directory): a reboot may follow at once."""
         self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), indent=2))
-        os.replace(tmp, self.state_path)
+        durable.write_atomic(self.state_path, json.dumps(asdict(self.state), indent=2).encode(), 0o600)
 
     def os_version(self) -> str:
         for p in (self.root / "etc/os-release", self.root / "usr/lib/os-release"):
@@ -196,26 +195,46 @@ class Agent:
                 out.append(ins)
         return {**plan, "instructions": out}
 
+    def _record_applied(self, cs: str, result: planlib.Result) -> None:
+        """Record plan `cs` as applied, durably."""
+        s = self.state
+        s.last_apply_time = unix_date(self.now())
+        s.applied_checksum, s.applied_output = cs, planlib.pack_output(result.outputs)
+        s.success_count += 1
+        s.failed_checksum, s.failed_output, s.failure_count = "", "", 0
+        log.info("plan %s applied", cs[:12])
+        self._save()
+
     def apply(self, raw: str, cs: str, plan_type: str, max_failures: int) -> None:
         attempt = self.state.failure_count + 1 if self.state.failed_checksum == cs else 1
+        snapshot = replace(self.state)
+        recorded = False
+
+        def before_reboot(so_far: planlib.Result) -> None:
+            # The plan's work is done and a reboot comes next: record it as applied now, or a
+            # power cut before the end of this method makes the machine run the plan again.
+            nonlocal recorded
+            self._record_applied(cs, so_far)
+            recorded = True
+
         try:
             plan = self._adapt(planlib.parse(raw), plan_type)
             if plan_type == "reset" and self.managed:
                 oem.write_file(
                     self.oem_dir / oem.OEM_RESET_MARK, f"{unix_date(self.now())}\n".encode(), 0o600
                 )
-            result = planlib.apply(plan, self.cfg.work_directory, attempt, self.root)
+            result = planlib.apply(plan, self.cfg.work_directory, attempt, self.root, before_reboot)
         except (planlib.PlanError, OSError) as e:
             result = planlib.Result(False, error=str(e))
-        t = self.now()
-        s = self.state
-        s.last_apply_time = unix_date(t)
         if result.ok:
-            s.applied_checksum, s.applied_output = cs, planlib.pack_output(result.outputs)
-            s.success_count += 1
-            s.failed_checksum, s.failed_output, s.failure_count = "", "", 0
-            log.info("plan %s applied", cs[:12])
+            if not recorded:
+                self._record_applied(cs, result)
         else:
+            if recorded:  # the reboot instruction itself failed: the plan is not applied after all
+                self.state = snapshot
+            t = self.now()
+            s = self.state
+            s.last_apply_time = unix_date(t)
             if s.failed_checksum != cs:
                 s.failure_count = 0
             s.failed_checksum = cs
@@ -225,7 +244,7 @@ class Agent:
             log.error(
                 "plan %s failed (%d/%s): %s", cs[:12], s.failure_count, max_failures or "∞", result.error
             )
-        self._save()
+            self._save()
         self._archive(raw, cs)
 
     def _archive(self, raw: str, cs: str) -> None:

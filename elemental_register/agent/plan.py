@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,8 +152,27 @@ def run_instruction(
     return code, out[-_MAX_OUTPUT:].decode(errors="replace"), err[-_MAX_OUTPUT:].decode(errors="replace")
 
 
-def apply(plan: dict[str, Any], work: Path, attempt: int = 1, root: Path = Path("/")) -> Result:
-    """Files, then one-time instructions; stops at the first failure."""
+def is_reboot(ins: dict[str, Any]) -> bool:
+    """Whether an instruction reboots the machine (`shutdown -r`, `reboot`, `systemctl reboot`)."""
+    cmd = os.path.basename(str(ins.get("command") or ""))
+    args = [str(a) for a in ins.get("args") or []]
+    return (
+        cmd == "reboot" or (cmd == "shutdown" and "-r" in args) or (cmd == "systemctl" and "reboot" in args)
+    )
+
+
+def apply(
+    plan: dict[str, Any],
+    work: Path,
+    attempt: int = 1,
+    root: Path = Path("/"),
+    before_reboot: Callable[[Result], None] | None = None,
+) -> Result:
+    """Files, then one-time instructions; stops at the first failure.
+
+    `before_reboot` is called with the result so far right before an instruction that reboots:
+    what the plan did must be recorded durably by then, or the machine comes back and runs the
+    plan again (an upgrade would write the new OS into the fallback slot too)."""
     res = Result(ok=True)
     try:
         apply_files(plan.get("files") or [], root)
@@ -162,6 +182,8 @@ def apply(plan: dict[str, Any], work: Path, attempt: int = 1, root: Path = Path(
         name = str(ins.get("name") or f"instruction-{i}")
         if not ins.get("command") and not ins.get("image"):
             return Result(False, res.outputs, f"{name}: no command")
+        if before_reboot is not None and is_reboot(ins):
+            before_reboot(Result(True, dict(res.outputs)))
         code, out, err = run_instruction(ins, work, attempt)
         if ins.get("saveOutput") or code != 0:
             res.outputs[name] = out + err
