@@ -22,7 +22,7 @@ import yaml
 
 from elemental_common import consts
 from elemental_operator.context import OperatorContext
-from elemental_operator.server import tls
+from elemental_operator.server import guard, logfilter, tls
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Store
 
 log = logging.getLogger("elemental_operator")
@@ -159,6 +159,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from elemental_operator.server.app import make_app
     from elemental_operator.store.sql import open_store
 
+    fd_limit = guard.raise_fd_limit()
     state = Path(args.state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     db_url = args.database_url or f"sqlite:///{state / 'operator.db'}"
@@ -190,13 +191,27 @@ async def _serve(args: argparse.Namespace) -> int:
         )
         manager.start(leader_election=True)
 
-    app = make_app(ctx, admin_token, state)
+    limits = guard.fit_to_fd_limit(
+        guard.Limits(
+            max_connections=args.max_connections,
+            max_per_address=args.max_connections_per_address,
+            header_timeout=args.header_timeout,
+            handshake_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+        ),
+        fd_limit,
+    )
+    conn_guard = guard.Guard(limits, tls=sslctx is not None)
+    app = make_app(ctx, admin_token, state, conn_guard)
     runner = web.AppRunner(
-        app, access_log=None if not args.access_log else logging.getLogger("aiohttp.access")
+        app,
+        access_log=None if not args.access_log else logging.getLogger("aiohttp.access"),
+        keepalive_timeout=limits.idle_timeout,
     )
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]") or "0.0.0.0", int(port), ssl_context=sslctx)
+    sock = guard.listen(host.strip("[]") or "0.0.0.0", int(port), conn_guard)
+    site = guard.GuardedSite(runner, sock, ssl_context=sslctx)
     await site.start()
     log.info(
         "serving %s on %s (public URL %s, database %s)",
@@ -267,6 +282,30 @@ def _add_serve(sub: Any) -> None:
         default=float(_env("lease-ttl", "15") or 15),
         help="seconds a replica keeps the controller lease without renewing it",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("max-connections", "1024") or 1024),
+        help="open connections served at once (more get 503; capped by the open-file limit)",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=int(_env("max-connections-per-address", "64") or 64),
+        help="open connections from one source address",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(_env("header-timeout", "10") or 10),
+        help="seconds from accept to a complete TLS handshake and first request header",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(_env("idle-timeout", "15") or 15),
+        help="seconds an idle keep-alive connection stays open",
+    )
     p.add_argument("--access-log", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", default=bool(_env("verbose")))
 
@@ -286,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.cmd == "serve":
+        logfilter.install()
         return asyncio.run(_serve(args))
     from elemental_operator.api import crds
 

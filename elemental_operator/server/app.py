@@ -26,6 +26,7 @@ from elemental_operator.controllers.base import (
     secret_get,
     set_condition,
 )
+from elemental_operator.server.guard import Guard
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
 from elemental_operator.store.selector import matches, parse_label_selector
 
@@ -35,6 +36,9 @@ T = TypeVar("T")
 CTX_KEY = web.AppKey("ctx", OperatorContext)
 ADMIN_KEY = web.AppKey("admin_token", str)
 STATE_KEY = web.AppKey("state_dir", Path)
+# Largest request body (admin objects, agent status): a MachineInventory with Kubernetes' 256 KiB
+# of annotations plus spec fits many times over. Bigger is 413 (aiohttp's client_max_size).
+MAX_BODY = 4 << 20
 
 # Keys the agent may write into its plan Secret (rancher-system-agent's, plus our os-version).
 AGENT_STATUS_KEYS = frozenset(
@@ -393,6 +397,10 @@ async def _admin_watch(
                     continue
                 await resp.write(json.dumps({"type": ev.type, "object": ev.object}).encode() + b"\n")
             if not events:
+                # A client that went away is only noticed on a write: check, or an idle watch
+                # would hold its connection (and the server's shutdown) forever.
+                if request.transport is None or request.transport.is_closing():
+                    return resp
                 await asyncio.sleep(0.2)
     except (ConnectionResetError, asyncio.CancelledError):
         return resp
@@ -486,8 +494,13 @@ async def unknown_api(request: web.Request) -> web.Response:
     return web.Response(status=400, text=f"unknown API {request.match_info.get('api', '')}\n")
 
 
-def make_app(ctx: OperatorContext, admin_token: str, state_dir: Path) -> web.Application:
-    app = web.Application(middlewares=[admin_auth], client_max_size=64 << 20)
+def make_app(
+    ctx: OperatorContext, admin_token: str, state_dir: Path, conn_guard: Guard | None = None
+) -> web.Application:
+    middlewares: list[Any] = [admin_auth]
+    if conn_guard is not None:
+        middlewares.insert(0, conn_guard.middleware())
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[CTX_KEY] = ctx
     app[ADMIN_KEY] = admin_token
     app[STATE_KEY] = Path(state_dir)
