@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import WSMsgType, web
 
+from elemental_common import protocol as P
 from elemental_common.consts import PLAN_TYPE_ANNOTATION, SEEDIMAGE_ARTIFACT_ANNOTATION
 from elemental_operator.api import KindInfo, ValidationError, kinds
 from elemental_operator.context import OperatorContext
@@ -27,6 +28,7 @@ from elemental_operator.controllers.base import (
     set_condition,
 )
 from elemental_operator.server.guard import Guard
+from elemental_operator.server.wsmask import require_masked_frames
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
 from elemental_operator.store.selector import matches, parse_label_selector
 
@@ -102,7 +104,8 @@ class WebSocketConn:
         if msg.type == WSMsgType.BINARY:
             return bytes(msg.data)
         if msg.type == WSMsgType.TEXT:
-            return str(msg.data).encode()
+            # The protocol is binary frames only (Elemental's server refuses text too).
+            raise P.ProtocolError("text frames are refused: the registration protocol is binary")
         raise ConnectionError(f"websocket closed ({msg.type.name})")
 
     async def send(self, data: bytes) -> None:
@@ -132,8 +135,9 @@ async def registration(request: web.Request) -> web.StreamResponse:
     except ImportError as exc:
         return web.Response(status=503, text=f"registration handler not available: {exc}\n")
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        ws = web.WebSocketResponse(max_msg_size=16 << 20)
+        ws = web.WebSocketResponse(max_msg_size=P.MAX_FRAME_SIZE)
         await ws.prepare(request)
+        require_masked_frames(request)
         conn = WebSocketConn(ws)
         remote = request.remote or ""
         try:
