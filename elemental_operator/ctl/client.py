@@ -1,0 +1,89 @@
+"""The admin-API HTTP client of ``elementalctl`` and its one error type."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import IO, Any
+
+from elemental_common.errors import Die
+from elemental_operator.api import KindInfo
+
+ADMIN_PREFIX = "/elemental/admin/v1"
+
+
+class CtlError(Die):
+    """A failure to show the user (the one user-error type); ``status`` is the HTTP status when the
+    server answered."""
+
+    def __init__(self, message: str, status: int | None = None, hint: str = "") -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+class Client:
+    def __init__(self, server: str, token: str, ca: str | None, insecure: bool) -> None:
+        self.server = server
+        self.base = server.rstrip("/") + ADMIN_PREFIX
+        self.token = token
+        if server.startswith("https"):
+            self.ssl: ssl.SSLContext | None = ssl.create_default_context(cafile=ca if ca else None)
+            if insecure:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+        else:
+            self.ssl = None
+
+    def _open(self, method: str, path: str, body: Any = None, timeout: float | None = 60) -> IO[bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            resp: IO[bytes] = urllib.request.urlopen(req, timeout=timeout, context=self.ssl)
+            return resp
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read()).get("message") or exc.reason
+            except ValueError:
+                message = exc.reason
+            raise CtlError(f"Error from server ({exc.code}): {message}", exc.code) from None
+        except urllib.error.URLError as exc:
+            raise CtlError(f"cannot reach {self.base}: {exc.reason}") from None
+        except OSError as exc:  # timeouts, resets
+            raise CtlError(f"cannot reach {self.base}: {exc}") from None
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        with self._open(method, path, body) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def stream(self, path: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Newline-delimited JSON watch events; the server ends the stream at ``timeoutSeconds``."""
+        with self._open("GET", path, timeout=timeout) as resp:
+            for line in resp:
+                if line.strip():
+                    yield json.loads(line)
+
+    # ---- paths ------------------------------------------------------------------------------
+
+    @staticmethod
+    def collection(info: KindInfo, namespace: str | None, selector: str = "") -> str:
+        path = f"/namespaces/{namespace}/{info.plural}" if namespace else f"/{info.plural}"
+        return path + (f"?labelSelector={urllib.parse.quote(selector)}" if selector else "")
+
+    @staticmethod
+    def item(info: KindInfo, namespace: str, name: str) -> str:
+        return f"/namespaces/{namespace}/{info.plural}/{urllib.parse.quote(name)}"
+
+    def get(self, info: KindInfo, namespace: str, name: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.call("GET", self.item(info, namespace, name))
+        return out
+
+    def list(self, info: KindInfo, namespace: str | None, selector: str = "") -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.call("GET", self.collection(info, namespace, selector))["items"]
+        return items
