@@ -20,7 +20,10 @@ Typical use::
   ``run()`` (root shell), ``poweroff()``. Everything the guest prints goes to
   ``<results>/<name>/serial.log``; QEMU's stderr and swtpm's log go next to it.
 * Cleanup: ``close()`` (also on ``with`` exit, on garbage collection and at interpreter exit) ends
-  QEMU through QMP, then by signal, and stops swtpm; nothing survives a failing test.
+  QEMU through QMP, then by signal, and stops swtpm; nothing survives a failing test. QEMU and
+  swtpm run in their own session (a terminal's Ctrl-C reaches only pytest, which then stops them
+  in order) and get SIGKILL from the kernel when the test process dies without cleaning up
+  (``kill -9``, ``kill -- -<pgid>``): see tests/children.py. Boot machines from the main thread.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Any
 
 import pexpect
 import pexpect.fdpexpect
+from children import die_with_parent
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -95,7 +99,11 @@ def _probe_kvm(timeout: float = 25.0) -> bool:
             f"if=pflash,format=raw,file={vars_copy}",
         ]
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent(),
         )
         ok = False
         deadline = time.monotonic() + timeout
@@ -312,6 +320,7 @@ class Machine:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         _wait_for(lambda: sock.exists(), 10, f"swtpm socket {sock} (see {log})")
         return [
@@ -393,7 +402,12 @@ class Machine:
         stderr.write(f"--- boot {self.boots} ({kind}) {time.ctime()}\n".encode())
         stderr.flush()
         self.qemu = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         stderr.close()
         _wait_for(
