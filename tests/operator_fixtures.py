@@ -12,13 +12,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
+from elemental_operator.controllers import Manager
 from elemental_operator.store.sql import SqlStore, open_store
 
 PG_BINDIRS = ("/usr/lib/postgresql/15/bin", "/usr/local/bin")
@@ -118,14 +119,22 @@ def store(store_url: str) -> Iterator[SqlStore]:
         s.close()
 
 
-def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> None:
+    """``predicate()`` holds within ``timeout`` seconds (tests/waiting.py's wait_until)."""
+    wait_until(predicate, timeout, interval=interval)
+
+
+def run_until(mgr: Manager, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Drive the controllers synchronously (no thread): step until ``predicate()`` holds.
+
+    The first step of a new Manager enqueues every object (each kind's resync is due at once).
+    """
+
+    def stepped() -> bool:
+        mgr.step()
+        return predicate()
+
+    wait_until(stepped, timeout, interval=0.02, what="the controllers to converge")
 
 
 class RunningOperator:
@@ -138,7 +147,7 @@ class RunningOperator:
         from aiohttp import web
 
         from elemental_operator.context import OperatorContext
-        from elemental_operator.controllers import Manager, all_controllers
+        from elemental_operator.controllers import all_controllers
         from elemental_operator.server.app import make_app
 
         self.port = _free_port()

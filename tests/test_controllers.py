@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_fixtures import postgres_server, store, store_url  # noqa: F401
+from operator_fixtures import postgres_server, run_until, store, store_url  # noqa: F401
+from waiting import wait_until
 
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers import Manager, all_controllers
 from elemental_operator.controllers.base import (
     condition_true,
     get_condition,
+    now_rfc3339,
     plan_checksum,
     secret_get,
     secret_set,
@@ -85,7 +87,7 @@ def agent_reports(
 
 def test_registration_token_url_ready(store: SqlStore, mgr: Manager) -> None:
     store.create(registration())
-    mgr.run_until(lambda: condition_true(get(store, "MachineRegistration", "reg"), "Ready"))
+    run_until(mgr, lambda: condition_true(get(store, "MachineRegistration", "reg"), "Ready"))
     reg = get(store, "MachineRegistration", "reg")
     token = reg["status"]["registrationToken"]
     assert len(token) == 54 and set(token) <= ALPHABET
@@ -97,18 +99,19 @@ def test_registration_token_url_ready(store: SqlStore, mgr: Manager) -> None:
 
 def test_registration_static_token_and_duplicate(store: SqlStore, mgr: Manager) -> None:
     store.create(registration("a", token="fixed-token"))
-    mgr.run_until(lambda: condition_true(get(store, "MachineRegistration", "a"), "Ready"))
+    run_until(mgr, lambda: condition_true(get(store, "MachineRegistration", "a"), "Ready"))
     assert get(store, "MachineRegistration", "a")["status"]["registrationToken"] == "fixed-token"
     store.create(registration("b", token="fixed-token"))
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get_condition(get(store, "MachineRegistration", "b"), "Ready") or {}).get("reason")
             == "DuplicateToken"
-        )
+        ),
     )
     # deleting the registration lets the finalizer go
     store.delete("MachineRegistration", NS, "a")
-    mgr.run_until(lambda: gone(store, "MachineRegistration", "a"))
+    run_until(mgr, lambda: gone(store, "MachineRegistration", "a"))
 
 
 # ---- MachineInventory -----------------------------------------------------------------------
@@ -116,12 +119,13 @@ def test_registration_static_token_and_duplicate(store: SqlStore, mgr: Manager) 
 
 def test_inventory_plan_secret_and_plan_state(store: SqlStore, mgr: Manager) -> None:
     store.create(inventory("m1", tpmHash="t1"))
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             not gone(store, "Secret", "m1")
             and (get_condition(get(store, "MachineInventory", "m1"), "Ready") or {}).get("reason")
             == "WaitingForPlan"
-        )
+        ),
     )
     inv = get(store, "MachineInventory", "m1")
     assert "machineinventory.elemental.cattle.io" in inv["metadata"]["finalizers"]
@@ -135,10 +139,10 @@ def test_inventory_plan_secret_and_plan_state(store: SqlStore, mgr: Manager) -> 
     assert secret["metadata"]["ownerReferences"][0]["uid"] == inv["metadata"]["uid"]
 
     agent_reports(store, "m1", "failed-checksum")
-    mgr.run_until(lambda: get(store, "MachineInventory", "m1")["status"]["plan"].get("state") == "Failed")
+    run_until(mgr, lambda: get(store, "MachineInventory", "m1")["status"]["plan"].get("state") == "Failed")
     assert get_condition(get(store, "MachineInventory", "m1"), "Ready")["reason"] == "PlanFailure"  # type: ignore[index]
     agent_reports(store, "m1")
-    mgr.run_until(lambda: condition_true(get(store, "MachineInventory", "m1"), "Ready"))
+    run_until(mgr, lambda: condition_true(get(store, "MachineInventory", "m1"), "Ready"))
     inv = get(store, "MachineInventory", "m1")
     assert inv["status"]["plan"] == {
         "secretRef": {"namespace": NS, "name": "m1"},
@@ -150,9 +154,9 @@ def test_inventory_plan_secret_and_plan_state(store: SqlStore, mgr: Manager) -> 
 
 def test_inventory_delete_not_resettable(store: SqlStore, mgr: Manager) -> None:
     store.create(inventory("m1"))
-    mgr.run_until(lambda: not gone(store, "Secret", "m1"))
+    run_until(mgr, lambda: not gone(store, "Secret", "m1"))
     store.delete("MachineInventory", NS, "m1")
-    mgr.run_until(lambda: gone(store, "MachineInventory", "m1"))
+    run_until(mgr, lambda: gone(store, "MachineInventory", "m1"))
     assert gone(store, "Secret", "m1")  # garbage-collected with its owner
 
 
@@ -170,12 +174,13 @@ def test_inventory_delete_resettable_writes_reset_plan(
     store: SqlStore, mgr: Manager, annotations: dict[str, str], unmanaged: bool
 ) -> None:
     store.create(inventory("m1", annotations=annotations))
-    mgr.run_until(lambda: not gone(store, "Secret", "m1"))
+    run_until(mgr, lambda: not gone(store, "Secret", "m1"))
     store.delete("MachineInventory", NS, "m1")
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             get(store, "Secret", "m1")["metadata"]["annotations"]["elemental.cattle.io/plan.type"] == "reset"
-        )
+        ),
     )
     secret = get(store, "Secret", "m1")
     plan = json.loads(secret_get(secret, "plan"))
@@ -192,7 +197,7 @@ def test_inventory_delete_resettable_writes_reset_plan(
     mgr.step()
     assert not gone(store, "MachineInventory", "m1")  # waits for the agent
     agent_reports(store, "m1")
-    mgr.run_until(lambda: gone(store, "MachineInventory", "m1"))
+    run_until(mgr, lambda: gone(store, "MachineInventory", "m1"))
     assert gone(store, "Secret", "m1")
 
 
@@ -224,7 +229,8 @@ def test_selector_adopts_and_writes_bootstrap_plan(store: SqlStore, mgr: Manager
             },
         }
     )
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (get(store, "MachineInventorySelector", "sel").get("status") or {}).get("ready") is True,
         timeout=20,
     )
@@ -250,7 +256,7 @@ def test_selector_adopts_and_writes_bootstrap_plan(store: SqlStore, mgr: Manager
     assert not (get(store, "MachineInventory", "water")["metadata"].get("ownerReferences"))
     # Deleting the selector garbage-collects the adopted inventory (→ its reset/finalizer flow).
     store.delete("MachineInventorySelector", NS, "sel")
-    mgr.run_until(lambda: gone(store, "MachineInventory", "fire"))
+    run_until(mgr, lambda: gone(store, "MachineInventory", "fire"))
 
 
 # ---- channels and versions ------------------------------------------------------------------
@@ -287,7 +293,7 @@ def test_channel_sync_registry_and_deprecation(store: SqlStore, mgr: Manager, tm
     vf = tmp_path / "versions.json"
     versions_file(vf, ["v1", "v2"])
     store.create(channel(str(vf), registry="registry.local:5000", syncInterval="1s"))
-    mgr.run_until(lambda: condition_true(get(store, "ManagedOSVersionChannel", "ch"), "Ready"))
+    run_until(mgr, lambda: condition_true(get(store, "ManagedOSVersionChannel", "ch"), "Ready"))
     ch = get(store, "ManagedOSVersionChannel", "ch")
     assert get_condition(ch, "Ready")["reason"] == "Synchronized"  # type: ignore[index]
     assert ch["status"]["syncedGeneration"] == 1 and ch["status"]["failedSynchronizationAttempts"] == 0
@@ -296,7 +302,8 @@ def test_channel_sync_registry_and_deprecation(store: SqlStore, mgr: Manager, tm
     assert v1["metadata"]["labels"] == {"elemental.cattle.io/channel": "ch"}
     assert v1["metadata"]["ownerReferences"][0]["kind"] == "ManagedOSVersionChannel"
     versions_file(vf, ["v2"])
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get(store, "ManagedOSVersion", "v1")["metadata"].get("annotations") or {}).get(
                 "elemental.cattle.io/channel-no-longer-in-sync"
@@ -308,7 +315,7 @@ def test_channel_sync_registry_and_deprecation(store: SqlStore, mgr: Manager, tm
     ch = get(store, "ManagedOSVersionChannel", "ch")
     ch["spec"]["deleteNoLongerInSyncVersions"] = True
     store.update(ch)
-    mgr.run_until(lambda: gone(store, "ManagedOSVersion", "v1"), timeout=15)
+    run_until(mgr, lambda: gone(store, "ManagedOSVersion", "v1"), timeout=15)
     assert not gone(store, "ManagedOSVersion", "v2")
 
 
@@ -316,28 +323,31 @@ def test_channel_failures_and_disable(store: SqlStore, mgr: Manager, tmp_path: P
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     store.create(channel(str(bad)))
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get_condition(get(store, "ManagedOSVersionChannel", "ch"), "Ready") or {}).get("reason")
             == "FailedToSync"
-        )
+        ),
     )
     assert get(store, "ManagedOSVersionChannel", "ch")["status"]["failedSynchronizationAttempts"] >= 1
     ch = get(store, "ManagedOSVersionChannel", "ch")
     ch["spec"]["enabled"] = False
     store.update(ch)
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get_condition(get(store, "ManagedOSVersionChannel", "ch"), "Ready") or {}).get("reason")
             == "ChannelDisabled"
-        )
+        ),
     )
     store.create({**channel("x"), "metadata": {"name": "c2", "namespace": NS}, "spec": {"type": "custom"}})
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get_condition(get(store, "ManagedOSVersionChannel", "c2"), "Ready") or {}).get("reason")
             == "InvalidConfiguration"
-        )
+        ),
     )
 
 
@@ -358,7 +368,8 @@ def test_version_finalizer_while_referenced(store: SqlStore, mgr: Manager) -> No
             "spec": {"managedOSVersionName": "v1"},
         }
     )
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get(store, "ManagedOSImage", "up")["metadata"].get("labels") or {}).get(
                 "elemental.cattle.io/managed-os-version-name"
@@ -366,13 +377,13 @@ def test_version_finalizer_while_referenced(store: SqlStore, mgr: Manager) -> No
             == "v1"
             and "managedosversion.elemental.cattle.io"
             in get(store, "ManagedOSVersion", "v1")["metadata"].get("finalizers", [])
-        )
+        ),
     )
     store.delete("ManagedOSVersion", NS, "v1")
     mgr.step()
     assert get(store, "ManagedOSVersion", "v1")["metadata"]["deletionTimestamp"]
     store.delete("ManagedOSImage", NS, "up")
-    mgr.run_until(lambda: gone(store, "ManagedOSVersion", "v1"))
+    run_until(mgr, lambda: gone(store, "ManagedOSVersion", "v1"))
 
 
 # ---- ManagedOSImage -------------------------------------------------------------------------
@@ -382,7 +393,7 @@ def test_os_image_rollout_respects_concurrency(store: SqlStore, mgr: Manager) ->
     for i in range(3):
         store.create(inventory(f"m{i}", labels={"pool": "a"}))
     store.create(inventory("other", labels={"pool": "b"}))
-    mgr.run_until(lambda: all(not gone(store, "Secret", n) for n in ("m0", "m1", "m2", "other")))
+    run_until(mgr, lambda: all(not gone(store, "Secret", n) for n in ("m0", "m1", "m2", "other")))
     store.create(
         {
             "apiVersion": API,
@@ -405,7 +416,7 @@ def test_os_image_rollout_respects_concurrency(store: SqlStore, mgr: Manager) ->
             == "upgrade"
         ]
 
-    mgr.run_until(lambda: len(upgrading()) == 2)
+    run_until(mgr, lambda: len(upgrading()) == 2)
     assert "other" not in upgrading()
     plan = json.loads(secret_get(get(store, "Secret", upgrading()[0]), "plan"))
     assert plan["instructions"][0]["command"] == "elemental"
@@ -416,10 +427,10 @@ def test_os_image_rollout_respects_concurrency(store: SqlStore, mgr: Manager) ->
     assert get_condition(mos, "Ready")["reason"] == "UpgradeInProgress"  # type: ignore[index]
     for n in upgrading():
         agent_reports(store, n)
-    mgr.run_until(lambda: len(upgrading()) == 3)
+    run_until(mgr, lambda: len(upgrading()) == 3)
     for n in upgrading():
         agent_reports(store, n)
-    mgr.run_until(lambda: condition_true(get(store, "ManagedOSImage", "up"), "Ready"))
+    run_until(mgr, lambda: condition_true(get(store, "ManagedOSImage", "up"), "Ready"))
     assert "3/3 upgraded" in get_condition(get(store, "ManagedOSImage", "up"), "Ready")["message"]  # type: ignore[index]
 
 
@@ -437,7 +448,7 @@ def test_overlapping_os_images_newest_wins(store: SqlStore, mgr: Manager) -> Non
     re-asserting its plan (no flip-flop) and takes them back when the newer one is deleted."""
     for i in range(2):
         store.create(inventory(f"m{i}", labels={"pool": "a"}))
-    mgr.run_until(lambda: all(not gone(store, "Secret", n) for n in ("m0", "m1")))
+    run_until(mgr, lambda: all(not gone(store, "Secret", n) for n in ("m0", "m1")))
 
     def images() -> set[str]:
         return {
@@ -447,27 +458,28 @@ def test_overlapping_os_images_newest_wins(store: SqlStore, mgr: Manager) -> Non
 
     # the older one sorts last by name: ownership must follow creation time, not names
     store.create(os_image("z-old", "registry/os:v1", "a"))
-    mgr.run_until(lambda: images() == {"registry/os:v1"})
-    import time
-
-    time.sleep(1.1)  # creationTimestamp has second precision
+    run_until(mgr, lambda: images() == {"registry/os:v1"})
+    # creationTimestamp has second precision: the newer image must be created in a later second
+    older = get(store, "ManagedOSImage", "z-old")["metadata"]["creationTimestamp"]
+    wait_until(lambda: now_rfc3339() > older, 3, what="the clock to pass z-old's creation second")
     store.create(os_image("a-new", "registry/os:v2", "a"))
-    mgr.run_until(lambda: images() == {"registry/os:v2"})
+    run_until(mgr, lambda: images() == {"registry/os:v2"})
     for n in ("m0", "m1"):
         agent_reports(store, n)
-    mgr.run_until(lambda: condition_true(get(store, "ManagedOSImage", "a-new"), "Ready"))
-    mgr.run_until(
+    run_until(mgr, lambda: condition_true(get(store, "ManagedOSImage", "a-new"), "Ready"))
+    run_until(
+        mgr,
         lambda: (
             "2 taken over"
             in (get_condition(get(store, "ManagedOSImage", "z-old"), "Ready") or {}).get("message", "")
-        )
+        ),
     )
     for _ in range(3):  # a resync of the older image must not write its plan back
         mgr.enqueue("ManagedOSImage", NS, "z-old")
         mgr.step()
     assert images() == {"registry/os:v2"}
     store.delete("ManagedOSImage", NS, "a-new")
-    mgr.run_until(lambda: images() == {"registry/os:v1"})
+    run_until(mgr, lambda: images() == {"registry/os:v1"})
 
 
 # ---- SeedImage ------------------------------------------------------------------------------
@@ -485,7 +497,7 @@ def seed(name: str, **spec: Any) -> dict[str, Any]:
 def test_seedimage_build_cache_retrigger_cleanup(store: SqlStore, mgr: Manager, tmp_path: Path) -> None:
     store.create(registration())
     store.create(seed("s1"))
-    mgr.run_until(lambda: condition_true(get(store, "SeedImage", "s1"), "SeedImageReady"), timeout=20)
+    run_until(mgr, lambda: condition_true(get(store, "SeedImage", "s1"), "SeedImageReady"), timeout=20)
     si = get(store, "SeedImage", "s1")
     assert si["metadata"]["ownerReferences"][0]["kind"] == "MachineRegistration"
     url = si["status"]["downloadURL"]
@@ -497,13 +509,14 @@ def test_seedimage_build_cache_retrigger_cleanup(store: SqlStore, mgr: Manager, 
     assert (tmp_path / "builds").read_text().count("run") == 1
     # identical inputs reuse the artifact
     store.create(seed("s2"))
-    mgr.run_until(lambda: condition_true(get(store, "SeedImage", "s2"), "SeedImageReady"), timeout=20)
+    run_until(mgr, lambda: condition_true(get(store, "SeedImage", "s2"), "SeedImageReady"), timeout=20)
     assert (tmp_path / "builds").read_text().count("run") == 1
     # retriggerBuild resets state and flips back
     si = get(store, "SeedImage", "s1")
     si["spec"]["retriggerBuild"] = True
     store.update(si)
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             get(store, "SeedImage", "s1")["spec"]["retriggerBuild"] is False
             and condition_true(get(store, "SeedImage", "s1"), "SeedImageReady")
@@ -515,7 +528,8 @@ def test_seedimage_build_cache_retrigger_cleanup(store: SqlStore, mgr: Manager, 
     for c in si["status"]["conditions"]:
         c["lastTransitionTime"] = "2000-01-01T00:00:00Z"
     store.update_status(si)
-    mgr.run_until(
+    run_until(
+        mgr,
         lambda: (
             (get_condition(get(store, "SeedImage", "s2"), "SeedImageReady") or {}).get("reason")
             == "SeedImageBuildDeadline"
@@ -525,7 +539,7 @@ def test_seedimage_build_cache_retrigger_cleanup(store: SqlStore, mgr: Manager, 
     assert "downloadURL" not in get(store, "SeedImage", "s2")["status"]
     # deleting the registration cascades to its seed images
     store.delete("MachineRegistration", NS, "reg")
-    mgr.run_until(lambda: gone(store, "SeedImage", "s1") and gone(store, "SeedImage", "s2"))
+    run_until(mgr, lambda: gone(store, "SeedImage", "s1") and gone(store, "SeedImage", "s2"))
 
 
 def test_seedimage_failed_build_is_not_restarted(
@@ -540,7 +554,7 @@ def test_seedimage_failed_build_is_not_restarted(
     def reason() -> str:
         return str((get_condition(get(store, "SeedImage", "bad"), "SeedImageReady") or {}).get("reason"))
 
-    mgr.run_until(lambda: reason() == "SeedImageBuildFailure", timeout=20)
+    run_until(mgr, lambda: reason() == "SeedImageBuildFailure", timeout=20)
     si = get(store, "SeedImage", "bad")
     assert si["status"]["state"] == "Failed"
     assert "no xorriso here" in get_condition(si, "SeedImageReady")["message"]  # type: ignore[index]
@@ -551,8 +565,8 @@ def test_seedimage_failed_build_is_not_restarted(
     assert reason() == "SeedImageBuildFailure"
     si["spec"]["retriggerBuild"] = True
     store.update(si)
-    mgr.run_until(lambda: (tmp_path / "fails").read_text().count("run") == 2, timeout=20)
-    mgr.run_until(lambda: reason() == "SeedImageBuildFailure", timeout=20)
+    run_until(mgr, lambda: (tmp_path / "fails").read_text().count("run") == 2, timeout=20)
+    run_until(mgr, lambda: reason() == "SeedImageBuildFailure", timeout=20)
 
 
 # ---- restarts ------------------------------------------------------------------------------
@@ -579,12 +593,13 @@ def test_restart_in_the_middle_of_a_reconcile(store: SqlStore, ctx: OperatorCont
     assert calls["n"] == 1 and not gone(store, "Secret", "m1")
     assert not (get(store, "MachineInventory", "m1").get("status") or {}).get("plan")
     second = Manager(ctx, all_controllers(ctx, tmp_path))
-    second.run_until(
+    run_until(
+        second,
         lambda: (
             ((get(store, "MachineInventory", "m1").get("status") or {}).get("plan") or {}).get("secretRef")
             is not None
-        )
+        ),
     )
     assert len([s for s in store.list("Secret", NS) if s["metadata"]["name"] == "m1"]) == 1
     agent_reports(store, "m1")
-    second.run_until(lambda: condition_true(get(store, "MachineInventory", "m1"), "Ready"))
+    run_until(second, lambda: condition_true(get(store, "MachineInventory", "m1"), "Ready"))

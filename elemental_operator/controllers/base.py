@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -295,19 +295,6 @@ class Manager:
             if ran % 50 == 0:
                 self.poll_events()
         return ran
-
-    def run_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Test helper: step until ``predicate()`` holds."""
-        if not self._next_resync:
-            self.resync_all()
-        deadline = time.monotonic() + timeout
-        while True:
-            self.step()
-            if predicate():
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError("controllers did not converge")
-            time.sleep(0.02)
 
     # -- threads --
 
