@@ -11,7 +11,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -113,9 +112,10 @@ def test_serve_https_first_start_and_restart(tmp_path: Path) -> None:
         s.close()
     finally:
         op.stop()
+    # Serve() returns once /healthz answers, and the server creates the default registration
+    # (ensure_default_registration) before it listens: nothing to wait for here.
     op = Serve(state)
     try:
-        time.sleep(1)
         code, body = op.get("/elemental/admin/v1/machineregistrations", token)
         assert json.loads(body)["items"] == []
     finally:

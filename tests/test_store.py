@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from operator_fixtures import postgres_server, store, store_url  # noqa: F401
+from waiting import wait_until
 
 from elemental_operator.api import ValidationError
 from elemental_operator.store.base import AlreadyExists, Conflict, NotFound
@@ -289,8 +290,8 @@ def test_leases(store: SqlStore) -> None:
     assert not store.acquire_lease("controllers", "b", ttl=0.5)
     assert store.acquire_lease("controllers", "a", ttl=0.5)  # renew
     assert store.lease_holder("controllers") == "a"
-    time.sleep(0.6)
-    assert store.acquire_lease("controllers", "b", ttl=5)
+    # b gets it once a's 0.5 s have run out (and not before: checked above, well within them)
+    wait_until(lambda: store.acquire_lease("controllers", "b", ttl=5), 5, what="a's lease to expire")
     store.release_lease("controllers", "b")
     assert store.lease_holder("controllers") is None
 
