@@ -230,6 +230,7 @@ def encode_yaml(data: Mapping[str, Any]) -> bytes:
 
 
 def decode_config(payload: bytes) -> dict[str, Any]:
+    """The Config document, its ``cloud-config`` decoded from upstream's wire form (or plain YAML)."""
     try:
         data = yaml.load(payload.decode("utf-8"), Loader=_Loader)
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -238,7 +239,61 @@ def decode_config(payload: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ProtocolError("config is not a map")
+    if "cloud-config" in data:
+        try:
+            data["cloud-config"] = decode_cloud_config(data["cloud-config"])
+        except ValueError as exc:
+            raise ProtocolError(f"invalid config: {exc}") from None
     return data
+
+
+# ``cloud-config`` in the Config, in the encoding of Elemental's operator.
+#
+# Upstream (rancher/elemental-operator api/v1beta1/types.go) types ``Config.CloudConfig`` as
+# ``map[string]runtime.RawExtension`` and marshals the Config with gopkg.in/yaml.v3
+# (pkg/server/api_registration.go). yaml.v3 ignores RawExtension's ``json:"-"`` tags, so each
+# top-level key goes out as ``{raw: [<bytes of the value's JSON, one integer each>], object: null}``,
+# and upstream's register client reads it back into the same type (then pkg/util
+# MarshalCloudConfig). Plain YAML aborts that client for a list or scalar value ("cannot unmarshal
+# !!seq into runtime.RawExtension") and drops a mapping value. The JSON is what the Kubernetes API
+# server hands a controller: compact, sorted keys, Go's HTML escaping (``go_json``).
+# Golden data made with upstream's own types: tests/data/upstream/ (README there).
+
+
+def encode_cloud_config(cloud_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A cloud-config mapping in upstream's wire form (keys sorted, as yaml.v3 writes a Go map)."""
+    return {
+        key: {"raw": list(go_json(cloud_config[key], newline=False)), "object": None}
+        for key in sorted(cloud_config)
+    }
+
+
+def _is_raw_extension(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and set(value) <= {"raw", "object"}
+        and isinstance(value.get("raw"), list)
+        and all(isinstance(b, int) and 0 <= b <= 255 for b in value["raw"])
+    )
+
+
+def decode_cloud_config(cloud_config: Any) -> dict[str, Any]:
+    """The cloud-config from upstream's wire form or from plain YAML (what older operators,
+    ours included, sent); a key whose ``raw`` bytes are not JSON is an error."""
+    if cloud_config is None:
+        return {}
+    if not isinstance(cloud_config, Mapping):
+        raise ValueError(f"cloud-config must be a mapping, not {type(cloud_config).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in cloud_config.items():
+        if _is_raw_extension(value):
+            try:
+                out[str(key)] = json.loads(bytes(value["raw"]).decode())
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"cloud-config {key!r}: its raw bytes are not JSON ({e})") from None
+        else:
+            out[str(key)] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

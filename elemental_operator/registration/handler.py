@@ -384,7 +384,7 @@ class _Session:
         out["elemental"]["system-agent"] = self._agent_config(inventory)
         cloud_config = _get(reg, "spec", "config", "cloud-config")
         if cloud_config:
-            out["cloud-config"] = copy.deepcopy(cloud_config)
+            out["cloud-config"] = P.encode_cloud_config(cloud_config)
         network = self._network_config(inventory)
         if network is not None:
             out["network"] = network
@@ -450,7 +450,8 @@ def _static_yaml(registration: Resource, ctx: OperatorContext) -> tuple[bytes, b
         return cached
     head = P.encode_yaml(_static_config(registration, ctx))
     cloud_config = _get(registration, "spec", "config", "cloud-config")
-    tail = P.encode_yaml({"cloud-config": copy.deepcopy(cloud_config)}) if cloud_config else b""
+    # upstream's encoding (map of RawExtension through yaml.v3), which Elemental's Go client needs
+    tail = P.encode_yaml({"cloud-config": P.encode_cloud_config(cloud_config)}) if cloud_config else b""
     if key[0] and key[1]:
         if len(_STATIC_YAML) >= _STATIC_YAML_MAX:
             _STATIC_YAML.clear()
