@@ -55,7 +55,10 @@ def test_operator_sends_cloud_config_in_upstreams_encoding(tmp_path: Path) -> No
         "kind": "MachineRegistration",
         "metadata": {"name": "r", "namespace": "fleet-default", "uid": "u1", "resourceVersion": "1"},
         "spec": {"config": spec_config()},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "registrationURL": "https://x:8443/elemental/registration/t",
+        },
     }
     store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
