@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import logging
 import os
 import secrets
 import signal
-import socket
 import ssl
 import sys
 from pathlib import Path
@@ -21,9 +21,11 @@ from typing import Any
 import yaml
 
 from elemental_common import consts
+from elemental_common.errors import die, entry_point
 from elemental_operator.context import OperatorContext
 from elemental_operator.server import guard, logfilter, tls
-from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Store
+from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, StorageFull, Store
+from elemental_operator.store.sql import lease_identity
 
 log = logging.getLogger("elemental_operator")
 
@@ -104,6 +106,14 @@ def ensure_default_registration(store: Store) -> None:
         pass
 
 
+def _storage_hint(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "the disk is full: free space (df -h) and start again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "the state directory must be writable by the operator (--state-dir)"
+    return ""
+
+
 def _tls_context(args: argparse.Namespace, state: Path, keys: dict[str, str]) -> tuple[ssl.SSLContext, str]:
     if args.tls_cert and args.tls_key:
         ca_pem = Path(args.ca_cert).read_text() if args.ca_cert else Path(args.tls_cert).read_text()
@@ -160,11 +170,27 @@ async def _serve(args: argparse.Namespace) -> int:
     from elemental_operator.store.sql import open_store
 
     fd_limit = guard.raise_fd_limit()
+    # The state dir holds the database (admin token, CA key) and TLS keys: owner only, whatever
+    # the caller's umask, and existing files from older versions are tightened too.
+    os.umask(0o077)
     state = Path(args.state_dir)
-    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state.chmod(0o700)
+        for name in ("operator.db", "operator.db-wal", "operator.db-shm", "admin-token"):
+            if (state / name).exists():
+                (state / name).chmod(0o600)
+    except OSError as exc:
+        die(f"cannot prepare the state directory {state}: {exc.strerror}", _storage_hint(exc))
     db_url = args.database_url or f"sqlite:///{state / 'operator.db'}"
-    store = await asyncio.to_thread(open_store, db_url)
-    keys = await asyncio.to_thread(load_keys, store)
+    try:
+        store = await asyncio.to_thread(open_store, db_url)
+        keys = await asyncio.to_thread(load_keys, store)
+        await asyncio.to_thread(ensure_default_registration, store)
+    except StorageFull as exc:
+        die(f"cannot start: {exc}", f"free space on the disk holding {state} (df -h {state})")
+    except OSError as exc:
+        die(f"cannot start: {exc}", _storage_hint(exc))
     admin_token = args.admin_token or keys["admin-token"]
     tls.write_private(state / "admin-token", admin_token.encode())
     sslctx: ssl.SSLContext | None = None
@@ -179,16 +205,14 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     if args.tpm_ca:
         ctx.tpm_ca_pem = Path(args.tpm_ca).read_text()
-    await asyncio.to_thread(ensure_default_registration, store)
 
     manager = None
     if not args.no_controllers:
         ctrls = all_controllers(
             ctx, state, args.seedimage_command, Path(args.seedimage_base) if args.seedimage_base else None
         )
-        manager = Manager(
-            ctx, ctrls, identity=f"{socket.gethostname()}-{os.getpid()}", lease_ttl=args.lease_ttl
-        )
+        # An identity that lets a restart on the same host prove the old holder dead (SQLite).
+        manager = Manager(ctx, ctrls, identity=lease_identity(), lease_ttl=args.lease_ttl)
         manager.start(leader_election=True)
 
     limits = guard.fit_to_fd_limit(
@@ -310,6 +334,7 @@ def _add_serve(sub: Any) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=bool(_env("verbose")))
 
 
+@entry_point("elemental-operator")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="elemental-operator")
     sub = parser.add_subparsers(dest="cmd", required=True)

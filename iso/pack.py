@@ -3,7 +3,8 @@
 ISO layout (the contract in docs/architecture.md):
 
 * ISO9660 volume ``COS_LIVE`` (Rock Ridge + Joliet) with ``/registration.yaml``,
-  ``/livecd-cloud-config.yaml`` (same content) and ``/os/`` (the OS OCI image layout);
+  ``/livecd-cloud-config.yaml`` (same content), ``/os/`` (the OS OCI image layout) and, with
+  ``--cloud-config``, ``/iso-config/cloud-config.yaml``;
 * an appended GPT partition (type EFI System) holding a FAT image with
   ``EFI/BOOT/BOOTX64.EFI`` = the seed UKI; the UEFI El Torito entry points at it, so the same
   file boots as a CD and, written with ``dd``, as a USB disk.
@@ -35,6 +36,7 @@ from elemental_common.run import run
 
 VOLUME_LABEL = "COS_LIVE"
 ESP_LABEL = "COS_ESP"
+ISO_CLOUD_CONFIG = "/iso-config/cloud-config.yaml"
 PLACEHOLDER_URL = consts.DEFAULT_PUBLIC_URL
 SIZE_BUDGET = 400 * 1024 * 1024
 
@@ -61,6 +63,8 @@ class Inputs:
     # The seed's own kernel command line, read from its UKI (set in profiles/seed/mkosi.conf, the
     # one place): iPXE boots that replace it (seed.vmlinuz + seed.initrd) repeat it.
     seed_cmdline: str
+    # A SeedImage's cloud-config (already marshalled: yip or "#cloud-config"), b"" for none.
+    cloud_config: bytes = b""
 
 
 def log(msg: str) -> None:
@@ -113,7 +117,12 @@ def collect_inputs(args: argparse.Namespace) -> Inputs:
         warn(f"{os_layout} is not an OCI layout (make os): the ISO will have no /os (no offline install)")
         os_layout = None
     data, source = read_registration(args.registration, args.state, insecure=args.insecure)
-    return Inputs(out, uki, vmlinuz, initrd, os_layout, data, source, Uki(uki).cmdline)
+    cloud_config = b""
+    if args.cloud_config:
+        if not Path(args.cloud_config).is_file():
+            die(f"cloud-config file {args.cloud_config} does not exist", "--cloud-config names a file")
+        cloud_config = Path(args.cloud_config).read_bytes()
+    return Inputs(out, uki, vmlinuz, initrd, os_layout, data, source, Uki(uki).cmdline, cloud_config)
 
 
 def make_esp(uki: Path, dest: Path) -> None:
@@ -143,6 +152,11 @@ def make_iso(inputs: Inputs, work: Path, dest: Path) -> None:
     reg = work / "registration.yaml"
     reg.write_bytes(inputs.registration)
     grafts = [f"/registration.yaml={reg}", f"/livecd-cloud-config.yaml={reg}"]
+    if inputs.cloud_config.strip():
+        # Where Elemental's SeedImage builder puts it (xorriso -map … /iso-config/cloud-config.yaml).
+        cc = work / "cloud-config.yaml"
+        cc.write_bytes(inputs.cloud_config)
+        grafts.append(f"{ISO_CLOUD_CONFIG}={cc}")
     if inputs.os_layout is not None:
         grafts.append(f"/os={inputs.os_layout}")
     tmp = dest.with_name(dest.name + ".tmp")
@@ -247,6 +261,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         default=os.environ.get("REGISTRATION_INSECURE", "") not in ("", "0"),
         help="do not verify TLS when downloading the registration file",
+    )
+    p.add_argument(
+        "--cloud-config",
+        default=os.environ.get("CLOUD_CONFIG") or None,
+        help=f"cloud-config file put into the ISO as {ISO_CLOUD_CONFIG} (a SeedImage's spec.cloud-config)",
     )
     p.add_argument("--require-os", action="store_true", help="fail when $OUT/os is missing")
     return p.parse_args(argv)

@@ -31,6 +31,7 @@ class ServeProc:
         controllers: bool = False,
         env: dict[str, str] | None = None,
         wait: bool = True,
+        log_dir: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.tls = tls
@@ -52,7 +53,7 @@ class ServeProc:
             *(() if controllers else ("--no-controllers",)),
             *extra,
         ]
-        self.log_path = state.parent / f"serve-{self.port}.log"
+        self.log_path = (log_dir or state.parent) / f"serve-{self.port}.log"
         self.log = self.log_path.open("wb")
 
         def limit() -> None:

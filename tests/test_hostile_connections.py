@@ -20,7 +20,7 @@ def _closed_by_peer(sock: Any, timeout: float) -> bool:
     """True once the server closed ``sock`` (EOF or reset) within ``timeout`` seconds."""
     sock.settimeout(timeout)
     try:
-        return sock.recv(1) == b""
+        return bool(sock.recv(1) == b"")
     except (ConnectionResetError, BrokenPipeError):
         return True
     except TimeoutError:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -46,7 +47,34 @@ from elemental_operator.store.base import NotFound, Resource
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMMAND = "{python} -m iso.pack --registration {registration} --out {workdir} --work {workdir}/work"
+DEFAULT_COMMAND = (
+    "{python} -m iso.pack --registration {registration} --cloud-config {cloud_config} "
+    "--out {workdir} --work {workdir}/work"
+)
+# What the artifact annotation may hold: <input digest>/<registration name>.<type>. Checked where
+# it is written (controller, admin API) and again where it is read (download handler).
+_ARTIFACT_REF = re.compile(r"^[0-9a-f]{24}/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\.(iso|raw)$")
+
+
+def valid_artifact_ref(ref: str) -> bool:
+    return bool(_ARTIFACT_REF.match(ref)) and ".." not in ref
+
+
+def artifact_path(state_dir: Path, ref: str, name: str) -> Path | None:
+    """The file ``name`` (the artifact or its ``.sha256``) of artifact ``ref``, or None unless
+    it is a regular file inside that artifact's own build directory ``<state>/seedimages/<digest>``
+    once every symlink is resolved (issue 11: the annotation ``../admin-token`` served the
+    admin token to anyone)."""
+    if not valid_artifact_ref(ref):
+        return None
+    digest, _, filename = ref.partition("/")
+    if name not in (filename, filename + ".sha256"):
+        return None
+    root = (Path(state_dir) / "seedimages" / digest).resolve()
+    path = (root / name).resolve()
+    if path.parent != root or not path.is_file():
+        return None
+    return path
 
 
 def client_registration_file(registration: Resource, ctx: OperatorContext) -> dict[str, Any]:
@@ -154,6 +182,12 @@ class SeedImageController(Controller):
             json.dumps([registration, cloud_config, base, itype, self.command], sort_keys=True).encode()
         ).hexdigest()[:24]
         filename = f"{reg['metadata']['name']}.{itype}"
+        if not valid_artifact_ref(f"{digest}/{filename}"):
+            set_condition(
+                si, "SeedImageReady", "False", "SeedImageBuildFailure", f"invalid artifact name {filename!r}"
+            )
+            status["state"] = "Failed"
+            return self._save(si, before, None)
         outdir = self.cache / digest
         artifact = outdir / filename
 

@@ -27,9 +27,17 @@ from elemental_operator.controllers.base import (
     secret_get,
     set_condition,
 )
+from elemental_operator.controllers.seedimage import artifact_path, valid_artifact_ref
 from elemental_operator.server.guard import Guard
 from elemental_operator.server.wsmask import require_masked_frames
-from elemental_operator.store.base import AlreadyExists, Conflict, NotFound, Resource, StoreError
+from elemental_operator.store.base import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Resource,
+    StorageFull,
+    StoreError,
+)
 from elemental_operator.store.selector import matches, parse_label_selector
 
 log = logging.getLogger("elemental_operator.server")
@@ -69,6 +77,10 @@ def _status(code: int, reason: str, message: str) -> web.Response:
 
 
 def _error(exc: Exception) -> web.Response:
+    if isinstance(exc, BodyTooLarge):
+        return _status(413, "RequestEntityTooLarge", str(exc))
+    if isinstance(exc, StorageFull):
+        return _status(507, "InsufficientStorage", str(exc))
     if isinstance(exc, ValidationError):
         return _status(422, "Invalid", str(exc))
     if isinstance(exc, NotFound):
@@ -165,12 +177,10 @@ async def seedimage(request: web.Request) -> web.StreamResponse:
     if not conds or any(c.get("status") != "True" for c in conds):
         return web.Response(status=404, text="seed image not ready\n")
     artifact = (si["metadata"].get("annotations") or {}).get(SEEDIMAGE_ARTIFACT_ANNOTATION, "")
-    digest, _, filename = artifact.partition("/")
-    if not filename or name not in (filename, filename + ".sha256"):
+    # Resolved and confined to this SeedImage's build directory, whatever wrote the annotation.
+    path = await _run(artifact_path, request.app[STATE_KEY], str(artifact), name)
+    if path is None:
         return web.Response(status=404, text="no such file\n")
-    path = request.app[STATE_KEY] / "seedimages" / digest / name
-    if not path.is_file():
-        return web.Response(status=404, text="artifact is gone\n")
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
@@ -412,23 +422,76 @@ async def _admin_watch(
     return resp
 
 
+class BodyTooLarge(Exception):
+    """Request body over MAX_BODY: 413."""
+
+
+def _parse_body(raw: bytes) -> Any:
+    """JSON, else YAML without aliases. Runs in a worker thread: a big body must not stall the
+    event loop (issue 11: a 48 MB body stopped /healthz for 15 s)."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        pass
+    try:
+        text = raw.decode("utf-8")
+        # An alias is a pointer: a 517-byte "billion laughs" expanded to a 33.6 MB object. The
+        # Kubernetes API server bounds them; manifests do not need them, so they are refused.
+        # Events come from libyaml's parser without building anything, so this scan is cheap.
+        for event in yaml.parse(text, Loader=P._Loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ValidationError("YAML aliases (*name) are not accepted")
+        return yaml.load(text, Loader=P._Loader)
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValidationError(f"body is neither JSON nor YAML: {exc}") from None
+
+
 async def _body(request: web.Request) -> Any:
-    text = await request.text()
-    return yaml.safe_load(text) if text.strip() else None
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds {MAX_BODY}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"request body exceeds {MAX_BODY} bytes") from None
+    return await _run(_parse_body, raw)
+
+
+def _checked_object(obj: Any, info: KindInfo) -> dict[str, Any]:
+    """Top-level shape of an admin body; the store validates the rest against the schema."""
+    if not isinstance(obj, dict):
+        raise ValidationError("body must be an object")
+    obj.setdefault("apiVersion", info.api_version)
+    obj.setdefault("kind", info.kind)
+    if obj["kind"] != info.kind:
+        raise ValidationError(f"kind: {obj['kind']} posted to {info.plural}")
+    meta = obj.setdefault("metadata", {})
+    if not isinstance(meta, dict):
+        raise ValidationError("metadata: must be an object")
+    for key in ("name", "namespace", "generateName"):
+        if key in meta and not isinstance(meta[key], str):
+            raise ValidationError(f"metadata.{key}: must be a string")
+    for key in ("labels", "annotations"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ValidationError(f"metadata.{key}: must be a map of strings")
+    if info.kind == "SeedImage":
+        ref = (meta.get("annotations") or {}).get(SEEDIMAGE_ARTIFACT_ANNOTATION)
+        if ref is not None and not valid_artifact_ref(str(ref)):
+            raise ValidationError(
+                f"metadata.annotations.{SEEDIMAGE_ARTIFACT_ANNOTATION}: invalid artifact {ref!r}"
+            )
+    return obj
 
 
 async def admin_create(request: web.Request) -> web.Response:
     ctx = request.app[CTX_KEY]
     info = _kind_for(request.match_info["plural"])
     try:
-        obj = await _body(request)
-        if not isinstance(obj, dict):
-            raise ValidationError("body must be an object")
-        obj.setdefault("apiVersion", info.api_version)
-        obj.setdefault("kind", info.kind)
-        if obj["kind"] != info.kind:
-            raise ValidationError(f"kind: {obj['kind']} posted to {info.plural}")
-        meta = obj.setdefault("metadata", {})
+        obj = _checked_object(await _body(request), info)
+        # Like Kubernetes with a status subresource: status is written only through /status.
+        obj.pop("status", None)
+        meta = obj["metadata"]
         ns = request.match_info.get("namespace")
         if ns and meta.get("namespace", ns) != ns:
             raise ValidationError("metadata.namespace: does not match the request path")
@@ -457,12 +520,10 @@ async def admin_update(request: web.Request) -> web.Response:
     info = _kind_for(request.match_info["plural"])
     status_only = request.path.endswith("/status")
     try:
-        obj = await _body(request)
-        if not isinstance(obj, dict):
-            raise ValidationError("body must be an object")
-        obj.setdefault("apiVersion", info.api_version)
-        obj.setdefault("kind", info.kind)
-        meta = obj.setdefault("metadata", {})
+        obj = _checked_object(await _body(request), info)
+        if not status_only:
+            obj.pop("status", None)  # the store keeps the current status on a main-resource update
+        meta = obj["metadata"]
         if meta.get("name", request.match_info["name"]) != request.match_info["name"]:
             raise ValidationError("metadata.name: does not match the request path")
         meta["name"] = request.match_info["name"]
@@ -490,6 +551,10 @@ async def admin_delete(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    health = getattr(request.app[CTX_KEY].store, "health", None)
+    reason = await _run(health) if health is not None else None
+    if reason:
+        return web.Response(status=503, text=f"unhealthy: {reason}\n")
     return web.Response(text="ok\n")
 
 

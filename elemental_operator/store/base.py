@@ -36,6 +36,10 @@ class AlreadyExists(StoreError):
     pass
 
 
+class StorageFull(StoreError):
+    """The database's disk (or quota) is full: writes fail until space is freed."""
+
+
 class Conflict(StoreError):
     """The object's resourceVersion is stale (optimistic concurrency) or a unique index clashed."""
 

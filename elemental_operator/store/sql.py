@@ -16,8 +16,11 @@ can never skip a row that commits later with a smaller number.
 from __future__ import annotations
 
 import builtins
+import errno
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -29,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from elemental_operator.api import kind_info, validate
 from elemental_operator.store.base import (
@@ -38,6 +41,7 @@ from elemental_operator.store.base import (
     EventType,
     NotFound,
     Resource,
+    StorageFull,
     Store,
     StoreError,
     WatchEvent,
@@ -148,21 +152,58 @@ class SqlStore(Store):
         self.poll_interval = poll_interval
         self._writes = 0
         self._lock = threading.Lock()
-        _meta.create_all(engine)
+        self.full_since: float | None = None
+        database = engine.url.database or ""
+        self.db_dir = (
+            os.path.dirname(os.path.abspath(database)) if self.dialect == "sqlite" and database else None
+        )
+        self.where = f"database {database}" if self.dialect == "sqlite" else f"database {engine.url.host}"
+        try:
+            _meta.create_all(engine)
+        except DBAPIError as exc:
+            if _disk_full(exc):
+                raise StorageFull(
+                    f"{self.where}: the disk is full ({_first_line(exc.orig)}); free space"
+                ) from None
+            raise
 
     # ---- transactions -------------------------------------------------------------------
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.info["write"] = True
+        try:
+            with self.engine.connect() as conn:
+                conn.info["write"] = True
+                try:
+                    with conn.begin():
+                        if self.dialect == "postgresql":
+                            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK})
+                        yield conn
+                finally:
+                    conn.info["write"] = False
+        except DBAPIError as exc:
+            if _disk_full(exc):
+                self.full_since = time.monotonic()
+                raise StorageFull(
+                    f"{self.where}: the disk is full ({_first_line(exc.orig)}); free space"
+                ) from None
+            raise
+        self.full_since = None
+
+    def health(self) -> str | None:
+        """Why writes cannot succeed now (None = healthy): a full disk, seen by the last write
+        or (SQLite) by the free space left where the database lives."""
+        if self.db_dir is not None:
             try:
-                with conn.begin():
-                    if self.dialect == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK})
-                    yield conn
-            finally:
-                conn.info["write"] = False
+                st = os.statvfs(self.db_dir)
+            except OSError as exc:
+                return f"database directory {self.db_dir}: {exc.strerror}"
+            free = st.f_bavail * st.f_frsize
+            if free < MIN_FREE_BYTES:
+                return f"{self.where}: disk full ({free} bytes free in {self.db_dir})"
+        if self.full_since is not None and time.monotonic() - self.full_since < FULL_REPORT_SECONDS:
+            return f"{self.where}: the disk is full (a write failed just now)"
+        return None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -547,7 +588,7 @@ class SqlStore(Store):
             if row is None:
                 conn.execute(leases.insert().values(name=name, holder=holder, expires=now + ttl))
                 return True
-            if row[0] != holder and row[1] > now:
+            if row[0] != holder and row[1] > now and not (self.dialect == "sqlite" and holder_gone(row[0])):
                 return False
             conn.execute(
                 leases.update().where(leases.c.name == name).values(holder=holder, expires=now + ttl)
@@ -567,6 +608,74 @@ class SqlStore(Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# Below this much free space a SQLite write may fail half-way: /healthz reports the disk full.
+MIN_FREE_BYTES = 1 << 20
+# How long a failed write keeps /healthz at 503 (no successful write since clears it at once).
+FULL_REPORT_SECONDS = 5.0
+_DISK_FULL_TEXT = (
+    "database or disk is full",
+    "no space left on device",
+    "disk full",
+    "could not extend file",
+)
+
+
+def _first_line(exc: object) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _disk_full(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if getattr(orig, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
+        return True
+    if getattr(orig, "sqlstate", None) in ("53100", "53000"):  # disk_full, insufficient_resources
+        return True
+    if isinstance(orig, OSError) and orig.errno == errno.ENOSPC:
+        return True
+    return any(t in str(orig).lower() for t in _DISK_FULL_TEXT)
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    # Field 22 (starttime), counted after the parenthesised command name (which may hold spaces).
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
+def lease_identity() -> str:
+    """``<host>-<pid>;pidns=<inode>;start=<ticks>``: enough to prove, on the same host, that
+    the holder process is gone (pid absent, or reused by a process that started later)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}-{pid};pidns={_pid_namespace()};start={_proc_start_time(pid) or ''}"
+
+
+def holder_gone(holder: str) -> bool:
+    """True only when ``holder`` (a ``lease_identity``) is provably dead: same host and pid
+    namespace, and its pid is gone or now belongs to a process started at another time. Any
+    doubt (another host, container, an identity of another format) is False: wait the TTL."""
+    head, *fields = holder.split(";")
+    attrs = dict(f.partition("=")[::2] for f in fields)
+    host, _, pid_text = head.rpartition("-")
+    if host != socket.gethostname() or not pid_text.isdigit() or "start" not in attrs:
+        return False
+    if attrs.get("pidns") != _pid_namespace() or not attrs["start"]:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    now = _proc_start_time(pid)
+    return now is None or now != attrs["start"]
 
 
 def _hash_query(tpm_hash: str | None, machine_hash: str | None) -> sa.Select[Any] | None:
