@@ -120,6 +120,8 @@ def _columns(spec: str) -> list[tuple[str, str]]:
 
 def parse_format(output: str | None, **switches: Any) -> Format:
     fmt = Format(**switches)
+    if fmt.sort_by:  # a bad path fails before any request
+        jsonpath.compile_path(fmt.sort_by.strip().removeprefix("{").removesuffix("}"))
     if output is None:
         return fmt
     name, eq, arg = output.partition("=")
@@ -149,8 +151,6 @@ def parse_format(output: str | None, **switches: Any) -> Format:
             f"unable to match a printer suitable for the output format {output!r}, "
             f"allowed formats are: {','.join(FORMATS)}"
         )
-    if fmt.sort_by:
-        jsonpath.compile_path(fmt.sort_by.strip().removeprefix("{").removesuffix("}"))
     return fmt
 
 

@@ -520,6 +520,11 @@ def _patch_body(args: argparse.Namespace) -> Any:
 
 def cmd_patch(args: argparse.Namespace, s: Session) -> int:
     body = _patch_body(args)
+    # The patch's shape is checked before any request, so a bad patch is one error, not one per object.
+    if args.type == "json" and not isinstance(body, list):
+        raise CtlError("json patch: the patch must be a list of operations")
+    if args.type != "json" and not isinstance(body, dict):
+        raise CtlError(f"{args.type} patch: the patch must be an object")
     if args.subresource not in ("", "status"):
         raise CtlError(f'invalid subresource value: "{args.subresource}". Must be one of [status]')
     chosen, rc = _selected(s, args, "patch")
