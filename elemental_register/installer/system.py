@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from elemental_common import cmdline
 from elemental_common.errors import die
 from elemental_common.run import run
 from elemental_register.installer import disk
-
-if TYPE_CHECKING:
-    from elemental_register.installer.image import SystemImage
+from elemental_register.installer.image import SystemImage
 
 STATE_VERSION = 1
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
