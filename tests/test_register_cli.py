@@ -207,3 +207,36 @@ def test_dumpdata_formats(capsys: pytest.CaptureFixture[str]) -> None:
         out = capsys.readouterr().out
         assert "Runtime" in out
     assert cli.main(["version"]) == 0 and capsys.readouterr().out.startswith("elemental-register ")
+
+
+def test_no_import_fallbacks_for_our_own_modules() -> None:
+    """`try: import <our module> except ImportError` hid a broken installer behind "not available
+    in this build" (exit 1, nothing else): our own modules are always in the wheel, so an
+    ImportError of one is a bug that must surface, not a mode."""
+    import ast
+
+    root = Path(cli.__file__).resolve().parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Try):
+                continue
+            catches = {
+                n.id
+                for h in node.handlers
+                for n in ast.walk(h.type or ast.Name(""))
+                if isinstance(n, ast.Name)
+            }
+            imported = [
+                i.module or "" for i in ast.walk(ast.Module(node.body, [])) if isinstance(i, ast.ImportFrom)
+            ] + [
+                a.name
+                for i in ast.walk(ast.Module(node.body, []))
+                if isinstance(i, ast.Import)
+                for a in i.names
+            ]
+            if catches & {"ImportError", "ModuleNotFoundError"} and any(
+                m.startswith("elemental_") for m in imported
+            ):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found == []
