@@ -110,26 +110,36 @@ def fake_root(tmp_path: Path) -> Path:
             for i in range(8)
         ),
     )
+    for i in range(8):  # ghw takes packages and cores from the topology, attributes from cpuinfo
+        _write(r, f"sys/devices/system/cpu/cpu{i}/topology/physical_package_id", f"{i // 4}\n")
+        _write(r, f"sys/devices/system/cpu/cpu{i}/topology/core_id", f"{(i % 4) // 2}\n")
     _write(r, "proc/meminfo", "MemTotal:       16318480 kB\nMemFree:  1 kB\n")
     _write(r, "sys/devices/system/memory/block_size_bytes", "8000000\n")
-    for i in range(128):
-        _write(r, f"sys/devices/system/memory/memory{i}/online", "1\n")
-    for name, mac, virtual in (
-        ("eno1", "3c:ec:ef:00:00:02", False),
-        ("eno2", "3c:ec:ef:00:00:01", False),
-        ("virbr0", "52:54:00:00:00:00", True),
-        ("lo", "00:00:00:00:00:00", True),
+    for i in range(130):  # ghw counts the blocks whose state is "online"
+        _write(r, f"sys/devices/system/memory/memory{i}/state", "online\n" if i < 128 else "offline\n")
+    # /sys/class/net entries are links: virtual ones into devices/virtual/net, PCI ones to a
+    # device whose subsystem is the PCI bus (ghw net_linux.go reads IsVirtual and PCIAddress so).
+    for name, mac, dev in (
+        ("eno1", "3c:ec:ef:00:00:02", "pci0000:00/0000:00:1f.6"),
+        ("eno2", "3c:ec:ef:00:00:01", "pci0000:00/0000:00:1f.7"),
+        ("virbr0", "52:54:00:00:00:00", ""),
+        ("lo", "00:00:00:00:00:00", ""),
     ):
-        _write(r, f"sys/class/net/{name}/address", mac + "\n")
-        _write(r, f"sys/class/net/{name}/speed", "1000\n")
-        if not virtual:
-            (r / f"sys/class/net/{name}/device").mkdir(parents=True)
-    _write(r, "proc/net/if_inet6", "fe80000000000000000000fffe000001 02 40 20 80 eno1\n")
+        target = f"{dev}/net/{name}" if dev else f"virtual/net/{name}"
+        _write(r, f"sys/devices/{target}/address", mac + "\n")
+        _write(r, f"sys/devices/{target}/addr_assign_type", "0\n")
+        _write(r, f"sys/devices/{target}/speed", "1000\n")
+        (r / "sys/class/net").mkdir(parents=True, exist_ok=True)
+        (r / f"sys/class/net/{name}").symlink_to(f"../../devices/{target}")
+        if dev:
+            (r / f"sys/devices/{target}/device").symlink_to(f"../../../{dev.split('/')[-1]}")
+            (r / f"sys/devices/{dev}/subsystem").symlink_to("../../../bus/pci")
     for name, sectors, rot, rem in (
         ("sda", "1953525168", "1", "0"),
         ("nvme0n1", "1000215216", "0", "0"),
         ("sr0", "2097151", "1", "1"),
         ("loop0", "100", "0", "0"),
+        ("loop1", "0", "0", "0"),
     ):
         _write(r, f"sys/block/{name}/size", sectors + "\n")
         _write(r, f"sys/block/{name}/queue/rotational", rot + "\n")
@@ -147,7 +157,7 @@ def fake_root(tmp_path: Path) -> Path:
 
 
 def test_system_data_v2(fake_root: Path) -> None:
-    data = hardware.system_data_v2(fake_root)
+    data = hardware.system_data_v2(fake_root, addresses={"eno1": ([], ["fe80::ff:fe00:1"])})
     cpu = data["CPU"]
     assert cpu["TotalThreads"] == "8" and cpu["TotalProcessors"] == "2" and cpu["TotalCores"] == "4"
     assert (
@@ -157,14 +167,18 @@ def test_system_data_v2(fake_root: Path) -> None:
     assert data["Memory"]["TotalUsableBytes"] == str(16318480 * 1024)
     assert data["Memory"]["TotalPhysicalBytes"] == str(128 * 0x8000000)
     nics = data["Network"]["NICs"]
-    assert set(nics) == {"eno1", "eno2", "virbr0"} and data["Network"]["TotalNICs"] == "3"
+    assert set(nics) == {"0", "1", "2", "eno1", "eno2", "virbr0"} and data["Network"]["TotalNICs"] == "3"
+    assert nics["0"] == nics["eno1"] and nics["2"]["Name"] == "virbr0"
     assert nics["virbr0"]["IsVirtual"] == "true" and nics["eno1"]["IsVirtual"] == "false"
     assert nics["eno1"]["IPv6Address"] == "fe80::ff:fe00:1"
+    assert nics["eno1"]["PCIAddress"] == "0000:00:1f.6" and nics["virbr0"]["PCIAddress"] is None
     disks = data["Storage"]["Disks"]
-    assert data["Storage"]["TotalDisks"] == "3" and "loop0" not in disks
+    # like ghw: only loop devices of size 0 are left out
+    assert data["Storage"]["TotalDisks"] == "4" and "loop1" not in disks
     assert disks["sda"]["DriveType"] == "HDD" and disks["nvme0n1"]["DriveType"] == "SSD"
+    assert disks["sr0"]["DriveType"] == "ODD" and disks["loop0"]["StorageController"] == "loop"
     assert disks["nvme0n1"]["StorageController"] == "NVMe" and disks["sr0"]["Removable"] == "true"
-    assert disks["0"] == disks["nvme0n1"]  # index and name both address a disk (sorted by name)
+    assert disks["0"] == disks["loop0"]  # index and name both address a disk (sorted by name)
     assert disks["sda"]["Size"] == str(1953525168 * 512)
     assert data["Runtime"]["Hostname"] == "edge-7" and data["Product"]["Vendor"] == "Dell Inc."
     legacy = data["System Data"]
@@ -174,10 +188,18 @@ def test_system_data_v2(fake_root: Path) -> None:
         and legacy["Runtime"]["Hostname"] == "edge-7"
     )
 
-    def leaves(node: object) -> list[object]:
-        return [x for v in node.values() for x in leaves(v)] if isinstance(node, dict) else [node]
+    def leaves(path: str, node: object) -> list[tuple[str, object]]:
+        if isinstance(node, dict):
+            return [x for k, v in node.items() for x in leaves(f"{path}/{k}", v)]
+        return [(path, node)]
 
-    assert all(isinstance(v, str) for v in leaves(data)), "templates only resolve string leaves"
+    # Upstream's only non-string values: null PCI addresses and the legacy flag list.
+    odd = [(p, v) for p, v in leaves("", data) if not isinstance(v, str)]
+    assert odd == [
+        ("/Network/NICs/2/PCIAddress", None),
+        ("/Network/NICs/virbr0/PCIAddress", None),
+        ("/System Data/CPU/Capabilities", ["fpu", "vme", "sse2"]),
+    ]
 
 
 def test_identifiers_and_annotations(fake_root: Path) -> None:
@@ -199,11 +221,33 @@ def test_identifiers_and_annotations(fake_root: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("value", ["", "Not Settable", "Not Present", "None", "Unspecified"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "Not Settable",
+        "Not Present",
+        "None",
+        "Unspecified",
+        "unknown",  # what ghw, hence upstream's client, reports without DMI
+        "00000000-0000-0000-0000-000000000000",
+        "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF",
+    ],
+)
 def test_bad_system_uuid(tmp_path: Path, value: str) -> None:
     _write(tmp_path, "sys/class/dmi/id/product_uuid", value)
-    with pytest.raises(LookupError):
+    with pytest.raises(LookupError, match="no usable SMBIOS system UUID"):
         hardware.system_uuid(tmp_path)
+    dmi = hardware.parse_dmidecode(f"Handle 0x0100, DMI type 1\nSystem Information\n\tUUID: {value}\n")
+    with pytest.raises(LookupError):
+        hardware.system_uuid(tmp_path, smbios=dmi)
+
+
+def test_no_dmi_no_system_uuid(tmp_path: Path) -> None:
+    # A machine without /sys/class/dmi (like the one tests/data/hostinfo/this-vm was recorded on).
+    with pytest.raises(LookupError, match="'unknown'"):
+        hardware.system_uuid(tmp_path)
+    assert not hardware.unusable_uuid("5c0e6f1a-8b1d-4c7e-9a4e-2f3b1c0d9e71")
 
 
 def test_uuid_seed_like_go() -> None:
