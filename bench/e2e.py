@@ -72,7 +72,8 @@ def lifecycle(results: Path, steps: set[str]) -> dict[str, float]:
                 reset_machine(op, m, name, t)
                 out["reset"] = t.marks["reset-to-ready"]
             if "upgrade" in steps:
-                from harness import OUT, Registry, derive_os_version
+                from harness import OUT, Registry
+                from installer_fixtures import derive_os_version
                 from lifecycle import publish_versions, upgrade_machine
 
                 derive_os_version(OUT / "os", results / "os-0.2.0", "0.2.0")

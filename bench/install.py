@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 from elemental_common.run import run
 from elemental_register.installer import disk, image, install, source, upgrade
 from elemental_register.installer.disk import GiB, MiB
-from elemental_register.installer.testing import esp_dir, loop_disk, make_oci, make_rootfs, mounted
 
 REPO = Path(__file__).resolve().parent.parent
+# The installer's test fixtures (synthetic OS image, loop disks) live under tests/, not in the wheel.
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
 
 
 def _image(work: Path) -> tuple[str, str]:
@@ -30,6 +33,8 @@ def _image(work: Path) -> tuple[str, str]:
             tag = (m.get("annotations") or {}).get("org.opencontainers.image.ref.name")
             if tag:
                 return f"oci:{out}/os:{tag}", "out/os"
+    from installer_fixtures import make_oci, make_rootfs
+
     root = make_rootfs(work / "rootfs", "1.0.0", payload_mib=256)
     return make_oci(work / "layout", "1.0.0", root, work), "synthetic (256 MiB incompressible)"
 
@@ -47,6 +52,8 @@ def _layer_size(system: str) -> int:
 
 
 def main() -> None:
+    from installer_fixtures import esp_dir, loop_disk, mounted
+
     if os.geteuid() != 0:
         print("needs root (loop devices)")
         return

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from installer_fixtures import loop_disk, make_oci, make_rootfs, mounted
 
 from elemental_common.errors import Die
 from elemental_common.run import run
@@ -18,7 +19,6 @@ from elemental_register.installer import boot, disk, oem, source
 from elemental_register.installer.build_disk import build_disk
 from elemental_register.installer.disk import GiB, MiB
 from elemental_register.installer.install import install
-from elemental_register.installer.testing import loop_disk, make_oci, make_rootfs, mounted
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("umoci"),

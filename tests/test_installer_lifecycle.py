@@ -11,6 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from installer_fixtures import (
+    disk_partitions,
+    esp_dir,
+    esp_entries,
+    make_oci,
+    make_rootfs,
+    mounted,
+    offline_upgrade,
+)
 
 from elemental_common.errors import Die
 from elemental_common.run import run
@@ -20,15 +29,6 @@ from elemental_register.installer.build_disk import build_disk
 from elemental_register.installer.disk import GiB
 from elemental_register.installer.efivars import LOADER_GUID
 from elemental_register.installer.reset import reset
-from elemental_register.installer.testing import (
-    disk_partitions,
-    esp_dir,
-    esp_entries,
-    make_oci,
-    make_rootfs,
-    mounted,
-    offline_upgrade,
-)
 from elemental_register.installer.upgrade import upgrade_outcome
 
 pytestmark = pytest.mark.skipif(
@@ -68,9 +68,9 @@ def installed(tmp_path: Path, system: str, **install: object) -> Path:
 def test_upgrade_writes_inactive_slot_with_tries(tmp_path: Path, images: tuple[str, str]) -> None:
     v1, v2 = images
     raw = installed(tmp_path, v1)
-    assert esp_entries(raw, tmp_path) == ["elemental-a+3.conf", "elemental-recovery.conf"]
+    assert esp_entries(raw) == ["elemental-a+3.conf", "elemental-recovery.conf"]
     assert offline_upgrade(raw, v2, "a", tmp_path) == "b"
-    assert esp_entries(raw, tmp_path) == [
+    assert esp_entries(raw) == [
         "elemental-a+3.conf",
         "elemental-b+3.conf",
         "elemental-recovery.conf",
@@ -105,7 +105,7 @@ def test_upgrade_refuses_image_too_big_for_slot(tmp_path: Path, images: tuple[st
     )
     with pytest.raises(Die, match="does not fit slot B"):
         offline_upgrade(raw, big, "a", tmp_path)
-    assert "elemental-a+3.conf" in esp_entries(raw, tmp_path)
+    assert "elemental-a+3.conf" in esp_entries(raw)
 
 
 def test_reset_restores_slot_a_and_wipes(tmp_path: Path, images: tuple[str, str]) -> None:
@@ -146,7 +146,7 @@ def test_reset_restores_slot_a_and_wipes(tmp_path: Path, images: tuple[str, str]
             assert "IMAGE_VERSION=1.0.0" in (a / "usr/lib/os-release").read_text()
         assert "TYPE=" not in run(["blkid", "-o", "export", parts["COS_SYSTEM_B"]], check=False).stdout
     assert st["slots"]["b"] is None and st["upgrade"] is None and st["generation"] == 3
-    assert esp_entries(raw, tmp_path) == ["elemental-a+3.conf", "elemental-recovery.conf"]
+    assert esp_entries(raw) == ["elemental-a+3.conf", "elemental-recovery.conf"]
 
 
 def test_reset_refused_outside_recovery(tmp_path: Path) -> None:

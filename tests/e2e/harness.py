@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from children import die_with_parent
+from installer_fixtures import blob_path
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = Path(os.environ.get("OUT") or REPO / "out").resolve()
@@ -95,7 +97,9 @@ class Operator:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=env,
+            # own session: a Ctrl-C reaches pytest only, which stops us in order; killed with it
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -379,103 +383,6 @@ def fresh_dir(path: Path) -> Path:
 
 # ---------------------------------------------------------------------- OS versions and a registry
 
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-def _blob_path(layout: Path, digest: str) -> Path:
-    algo, _, hexd = digest.partition(":")
-    return layout / "blobs" / algo / hexd
-
-
-def _put_blob(layout: Path, data: bytes) -> dict[str, Any]:
-    import hashlib
-
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    path = _blob_path(layout, digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"digest": digest, "size": len(data)}
-
-
-def derive_os_version(
-    base: Path, dest: Path, version: str, files: dict[str, tuple[bytes, int]] | None = None
-) -> str:
-    """``dest`` = the OS image of the layout ``base`` plus one layer: /usr/lib/os-release with
-    IMAGE_VERSION=version and `files` ({path: (content, mode)}); tagged `version`. Seconds, no
-    rebuild: the big base layer is hard-linked. Returns the tag."""
-    import gzip
-    import hashlib
-    import io
-    import tarfile
-
-    shutil.rmtree(dest, ignore_errors=True)
-    (dest / "blobs" / "sha256").mkdir(parents=True)
-    index = json.loads((base / "index.json").read_text())
-    mdesc = index["manifests"][0]
-    manifest = json.loads(_blob_path(base, mdesc["digest"]).read_text())
-    config = json.loads(_blob_path(base, manifest["config"]["digest"]).read_text())
-    os_release = b""
-    for layer in manifest["layers"]:
-        src = _blob_path(base, layer["digest"])
-        dst = _blob_path(dest, layer["digest"])
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-        with tarfile.open(src, "r|*") as tf:
-            for member in tf:
-                if member.name.lstrip("./") == "usr/lib/os-release" and member.isfile():
-                    f = tf.extractfile(member)
-                    assert f is not None
-                    os_release = f.read()
-                    break
-    lines = [ln for ln in os_release.decode().splitlines() if not ln.startswith("IMAGE_VERSION=")]
-    lines.append(f'IMAGE_VERSION="{version}"')
-    entries = {"usr/lib/os-release": ("\n".join(lines) + "\n").encode(), **{}}
-    modes = {"usr/lib/os-release": 0o644}
-    for path, (content, mode) in (files or {}).items():
-        entries[path.lstrip("/")] = content
-        modes[path.lstrip("/")] = mode
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        dirs: set[str] = set()
-        for path in sorted(entries):
-            parts = path.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                d = "/".join(parts[:i])
-                if d not in dirs:
-                    dirs.add(d)
-                    ti = tarfile.TarInfo(d)
-                    ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-                    tf.addfile(ti)
-            ti = tarfile.TarInfo(path)
-            ti.size, ti.mode, ti.mtime = len(entries[path]), modes[path], int(time.time())
-            tf.addfile(ti, io.BytesIO(entries[path]))
-    layer_tar = raw.getvalue()
-    layer_desc = {"mediaType": OCI_LAYER_GZIP, **_put_blob(dest, gzip.compress(layer_tar, mtime=0))}
-    config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(
-        "sha256:" + hashlib.sha256(layer_tar).hexdigest()
-    )
-    config.setdefault("history", []).append({"created_by": f"tests/e2e: IMAGE_VERSION={version}"})
-    cfg_desc = {"mediaType": manifest["config"]["mediaType"], **_put_blob(dest, json.dumps(config).encode())}
-    new_manifest = {**manifest, "config": cfg_desc, "layers": [*manifest["layers"], layer_desc]}
-    man_desc = {
-        "mediaType": mdesc.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
-        **_put_blob(dest, json.dumps(new_manifest).encode()),
-        "annotations": {"org.opencontainers.image.ref.name": version},
-    }
-    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (dest / "index.json").write_text(
-        json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.index.v1+json",
-                "manifests": [man_desc],
-            }
-        )
-    )
-    return version
-
 
 class Registry:
     """A read-only OCI distribution endpoint over plain HTTP serving OCI layouts as repositories
@@ -527,7 +434,7 @@ class Registry:
                         return self._send(
                             404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}', "application/json", body
                         )
-                blob = _blob_path(layout, ref)
+                blob = blob_path(layout, ref)
                 if not blob.is_file():
                     return self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}', "application/json", body)
                 self.send_response(200)

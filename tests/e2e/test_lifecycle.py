@@ -36,11 +36,11 @@ from harness import (
     Registry,
     Timings,
     condition,
-    derive_os_version,
     diagnostics,
     fresh_dir,
     os_tags,
 )
+from installer_fixtures import derive_os_version
 from lifecycle import (
     BROKEN_AGENT,
     REREGISTERED,

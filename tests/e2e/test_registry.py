@@ -10,10 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import Registry, derive_os_version
+from harness import Registry
+from installer_fixtures import derive_os_version, make_oci, make_rootfs
 
 from elemental_register.installer import registry, source
-from elemental_register.installer.testing import make_oci, make_rootfs
 
 
 @pytest.fixture

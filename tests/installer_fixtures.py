@@ -1,0 +1,238 @@
+"""Installer test fixtures (no VM): a tiny synthetic OS or a derived version of the real one as an OCI
+layout, loop-backed disks, ESP access."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from elemental_common import pe
+from elemental_common.run import run
+from elemental_register.installer import disk, upgrade
+
+SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+
+
+def make_rootfs(root: Path, version: str = "1.0.0", payload_mib: int = 0) -> Path:
+    """A directory shaped like the OS image contract: UKI, systemd-boot, os-release, /var."""
+    (root / "usr/lib/systemd/boot/efi").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "boot/EFI/Linux").mkdir(parents=True)
+    (root / "var/lib/demo").mkdir(parents=True)
+    (root / "var/lib/demo/seed.txt").write_text("from the image's /var\n")
+    (root / "usr/lib/os-release").write_text(
+        f'ID=debian\nIMAGE_ID=elemental-os\nIMAGE_VERSION={version}\nPRETTY_NAME="Elemental OS"\n'
+    )
+    (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    sd = SD_BOOT.read_bytes() if SD_BOOT.is_file() else pe.build({".text": b"sd-boot"})
+    (root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi").write_bytes(sd)
+    uki = pe.build(
+        {
+            ".osrel": (root / "usr/lib/os-release").read_bytes(),
+            ".cmdline": b"console=ttyS0,115200 root=PARTUUID=dead rw quiet",
+            ".uname": b"6.12.0-test",
+            ".linux": b"KERNEL-" + version.encode() * 100,
+            ".initrd": b"INITRD-" + version.encode() * 100,
+        }
+    )
+    (root / f"boot/EFI/Linux/elemental-os_{version}.efi").write_bytes(uki)
+    if payload_mib:
+        # incompressible data, so benchmarks move real bytes
+        with open(root / "usr/bin/payload", "wb") as f:
+            for _ in range(payload_mib):
+                f.write(os.urandom(1 << 20))
+    return root
+
+
+def make_oci(layout: Path, tag: str, rootfs: Path, work: Path) -> str:
+    """Pack `rootfs` as a one-layer image `layout:tag` with umoci; returns "oci:<layout>:<tag>"."""
+    if not (layout / "index.json").exists():
+        run(["umoci", "init", "--layout", str(layout)])
+    run(["umoci", "new", "--image", f"{layout}:{tag}"])
+    bundle = work / f"bundle-{tag}"
+    run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)])
+    for item in rootfs.iterdir():
+        dst = bundle / "rootfs" / item.name
+        if item.is_dir() and not item.is_symlink():
+            shutil.copytree(item, dst, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, dst, follow_symlinks=False)
+    run(["umoci", "repack", "--image", f"{layout}:{tag}", str(bundle)])
+    shutil.rmtree(bundle)
+    return f"oci:{layout}:{tag}"
+
+
+@contextlib.contextmanager
+def loop_disk(path: Path, size: int) -> Iterator[str]:
+    """A new sparse file of `size` bytes on a loop device (partitions scanned)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    dev = run(["losetup", "--find", "--show", "--partscan", str(path)]).stdout.strip()
+    try:
+        yield dev
+    finally:
+        run(["losetup", "--detach", dev], check=False)
+
+
+@contextlib.contextmanager
+def loop_disk_existing(path: Path) -> Iterator[str]:
+    """An existing disk image on a loop device, its partition table read."""
+    dev = run(["losetup", "--find", "--show", "--partscan", str(path)]).stdout.strip()
+    try:
+        run(["partx", "--update", dev], check=False)
+        yield dev
+    finally:
+        run(["losetup", "--detach", dev], check=False)
+
+
+@contextlib.contextmanager
+def mounted(dev: str, where: Path, *opts: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    run(["mount", *opts, dev, str(where)])
+    try:
+        yield where
+    finally:
+        run(["umount", str(where)], check=False)
+
+
+@contextlib.contextmanager
+def disk_partitions(image: Path) -> Iterator[dict[str, str]]:
+    """{partition name: device} of a disk image attached to a loop device."""
+    with loop_disk_existing(image) as dev:
+        yield {p["name"]: p["node"] for p in disk.read_table(dev)}
+
+
+@contextlib.contextmanager
+def esp_dir(dev: str, work: Path) -> Iterator[Path]:
+    """The ESP's files as a directory, written back afterwards, through mtools (the build host's
+    kernel may have no vfat driver)."""
+    d = work / "esp-files"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    names = run(["mdir", "-i", dev, "-b", "::/"]).stdout.split()
+    run(["mcopy", "-s", "-n", "-m", "-i", dev, *names, str(d)])
+    yield d
+    label = run(["blkid", "-o", "value", "-s", "LABEL", dev], check=False).stdout.strip() or "COS_EFI"
+    run(["mkfs.vfat", "-F", "32", "-n", label, dev])
+    run(["mcopy", "-s", "-Q", "-m", "-i", dev, *[str(p) for p in sorted(d.iterdir())], "::/"])
+
+
+def offline_upgrade(image: Path, system: str, booted: str, work: Path) -> str:
+    """Run `elemental upgrade` against a disk image from the host, as if `booted` were running."""
+    with disk_partitions(image) as parts:
+        with esp_dir(parts["COS_EFI"], work) as esp, mounted(parts["COS_OEM"], work / "oem") as oem_dir:
+            return upgrade.upgrade(system, esp=esp, oem_dir=oem_dir, booted=booted)
+
+
+def esp_entries(image: Path) -> list[str]:
+    """The boot loader entry files on a disk image's ESP (e.g. elemental-a.conf, elemental-b+0-3.conf)."""
+    with disk_partitions(image) as parts:
+        out = run(["mdir", "-i", parts["COS_EFI"], "-b", "::/loader/entries"]).stdout.split()
+    return sorted(Path(p).name for p in out if p.endswith(".conf"))
+
+
+# ---------------------------------------------------------------- OCI layouts
+
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def blob_path(layout: Path, digest: str) -> Path:
+    """Where an OCI layout keeps the blob `digest` (``sha256:<hex>``)."""
+    algo, _, hexd = digest.partition(":")
+    return layout / "blobs" / algo / hexd
+
+
+def put_blob(layout: Path, data: bytes) -> dict[str, Any]:
+    """Store `data` as a blob of `layout`; returns its descriptor's digest and size."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = blob_path(layout, digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"digest": digest, "size": len(data)}
+
+
+def derive_os_version(
+    base: Path, dest: Path, version: str, files: dict[str, tuple[bytes, int]] | None = None
+) -> str:
+    """``dest`` = the OS image of the layout ``base`` plus one layer: /usr/lib/os-release with
+    IMAGE_VERSION=version and `files` ({path: (content, mode)}); tagged `version`. Seconds, no
+    rebuild: the big base layer is hard-linked. Returns the tag."""
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "blobs" / "sha256").mkdir(parents=True)
+    index = json.loads((base / "index.json").read_text())
+    mdesc = index["manifests"][0]
+    manifest = json.loads(blob_path(base, mdesc["digest"]).read_text())
+    config = json.loads(blob_path(base, manifest["config"]["digest"]).read_text())
+    os_release = b""
+    for layer in manifest["layers"]:
+        src = blob_path(base, layer["digest"])
+        dst = blob_path(dest, layer["digest"])
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        with tarfile.open(src, "r|*") as tf:
+            for member in tf:
+                if member.name.lstrip("./") == "usr/lib/os-release" and member.isfile():
+                    f = tf.extractfile(member)
+                    assert f is not None
+                    os_release = f.read()
+                    break
+    lines = [ln for ln in os_release.decode().splitlines() if not ln.startswith("IMAGE_VERSION=")]
+    lines.append(f'IMAGE_VERSION="{version}"')
+    entries = {"usr/lib/os-release": ("\n".join(lines) + "\n").encode(), **{}}
+    modes = {"usr/lib/os-release": 0o644}
+    for path, (content, mode) in (files or {}).items():
+        entries[path.lstrip("/")] = content
+        modes[path.lstrip("/")] = mode
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        dirs: set[str] = set()
+        for path in sorted(entries):
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in dirs:
+                    dirs.add(d)
+                    ti = tarfile.TarInfo(d)
+                    ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+                    tf.addfile(ti)
+            ti = tarfile.TarInfo(path)
+            ti.size, ti.mode, ti.mtime = len(entries[path]), modes[path], int(time.time())
+            tf.addfile(ti, io.BytesIO(entries[path]))
+    layer_tar = raw.getvalue()
+    layer_desc = {"mediaType": OCI_LAYER_GZIP, **put_blob(dest, gzip.compress(layer_tar, mtime=0))}
+    config.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"].append(
+        "sha256:" + hashlib.sha256(layer_tar).hexdigest()
+    )
+    config.setdefault("history", []).append({"created_by": f"tests: IMAGE_VERSION={version}"})
+    cfg_desc = {"mediaType": manifest["config"]["mediaType"], **put_blob(dest, json.dumps(config).encode())}
+    new_manifest = {**manifest, "config": cfg_desc, "layers": [*manifest["layers"], layer_desc]}
+    man_desc = {
+        "mediaType": mdesc.get("mediaType", "application/vnd.oci.image.manifest.v1+json"),
+        **put_blob(dest, json.dumps(new_manifest).encode()),
+        "annotations": {"org.opencontainers.image.ref.name": version},
+    }
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (dest / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [man_desc],
+            }
+        )
+    )
+    return version
