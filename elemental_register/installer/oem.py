@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from elemental_common.consts import AGENT_DIR
+from elemental_register.installer import durable
 
 AGENT_CONFIG = "/etc/rancher/elemental/agent/config.yaml"
 AGENT_ENVS = "/etc/rancher/elemental/agent/envs"
@@ -80,7 +81,7 @@ def write_file(path: Path, data: bytes, mode: int, dir_mode: int = 0o700) -> Non
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    durable.replace(tmp, path)  # the system state names the slots: it must survive a power cut
 
 
 def install_agent_files(config: dict[str, Any], root: Path = Path("/")) -> list[Path]:
