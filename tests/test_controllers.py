@@ -189,7 +189,7 @@ def test_inventory_delete_resettable_writes_reset_plan(
         assert paths == ["/var/lib/elemental/.unmanaged_reset"] and "instructions" not in plan
     else:
         assert paths == ["/oem/reset-cloud-config.yaml"]
-        assert [i["command"] for i in plan["instructions"]] == ["grub2-editenv", "shutdown"]
+        assert [i["command"] for i in plan["instructions"]] == ["bootctl", "shutdown"]
         assert "elemental-register-reset" in base64.b64decode(plan["files"][0]["content"]).decode()
     inv = get(store, "MachineInventory", "m1")
     assert inv["status"]["plan"]["checksum"] == plan_checksum(secret_get(secret, "plan").encode())

@@ -15,9 +15,11 @@ from installer_fixtures import loop_disk, make_oci, make_rootfs, mounted
 
 from elemental_common.errors import Die
 from elemental_common.run import run
-from elemental_register.installer import boot, disk, oem, source
+from elemental_register.installer import boot, disk, oem, setup, source
+from elemental_register.installer.bless import bless
 from elemental_register.installer.build_disk import build_disk
 from elemental_register.installer.disk import GiB, MiB
+from elemental_register.installer.efivars import LOADER_GUID
 from elemental_register.installer.install import install
 
 needs_root = pytest.mark.skipif(
@@ -312,3 +314,72 @@ def test_layers_and_whiteouts(tmp_path: Path) -> None:
     assert (out / "etc/new.conf").read_text() == "new\n"
     assert (out / "usr/lib/os-release").is_file()
     assert not list(out.rglob(".wh.*"))
+
+
+def _recording_fsync(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Calls the real os.fsync and records the path each call was for, in order."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_bless_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the vfat ESP an unsynced rename was found as a 0-byte entry after a power cut (the machine
+    then booted recovery for good): the blessed entry and its directory are fsynced after the rename."""
+    entries = tmp_path / "esp/loader/entries"
+    entries.mkdir(parents=True)
+    (entries / "elemental-a+2-1.conf").write_text("title A\n")
+    efivars = tmp_path / "efivars"
+    efivars.mkdir()
+    value = "\\loader\\entries\\elemental-a+2-1.conf".encode("utf-16-le") + b"\0\0"
+    (efivars / f"LoaderBootCountPath-{LOADER_GUID}").write_bytes(b"\x06\0\0\0" + value)
+    synced = _recording_fsync(monkeypatch)
+    assert bless(tmp_path / "esp", efivars, tmp_path / "no-systemd-bless-boot") == "elemental-a.conf"
+    assert str(entries / "elemental-a.conf") in synced and str(entries) in synced
+    assert synced.index(str(entries)) > synced.index(str(entries / "elemental-a.conf"))
+
+
+def test_boot_entries_are_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced = _recording_fsync(monkeypatch)
+    path = boot.write_entry(tmp_path, "elemental-b", "title B\n", 3)
+    assert path.read_text() == "title B\n"
+    # data (under its temporary name), then the renamed file and the directory holding the name
+    assert synced == [f"{path}.tmp", str(path), str(path.parent)]
+
+
+def test_interrupted_upgrade_work_is_removed_at_boot(tmp_path: Path) -> None:
+    """An upgrade cut off by a power loss leaves ~520 MiB in /var/tmp on persistent: the next
+    boot's `elemental setup` removes it, sparing a running upgrade's (locked) directory."""
+    import fcntl
+
+    work = tmp_path / "var/tmp"
+    stale = work / "elemental-upgrade-cut"
+    (stale / "rootfs/usr").mkdir(parents=True)
+    (stale / "rootfs/usr/big").write_bytes(b"x" * 4096)
+    busy = work / "elemental-upgrade-running"
+    busy.mkdir()
+    other = work / "unrelated"
+    other.mkdir()
+    fd = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        done = setup.setup(tmp_path, tmp_path / "oem")
+    finally:
+        os.close(fd)
+    assert not stale.exists() and busy.is_dir() and other.is_dir()
+    assert done == [f"removed {stale}"]
+
+
+def test_system_state_is_written_durably(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system state in COS_OEM says which slot holds what (an upgrade's record decides whether
+    the next upgrade writes anything): its rename is fsynced with its directory."""
+    synced = _recording_fsync(monkeypatch)
+    oem.save_system_state(tmp_path, {"generation": 2})
+    path = tmp_path / oem.OEM_SYSTEM_STATE
+    assert synced[-2:] == [str(path), str(path.parent)]

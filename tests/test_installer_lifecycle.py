@@ -244,3 +244,43 @@ def test_bless_renames_the_booted_entry(tmp_path: Path) -> None:
     assert bless(esp, efivars, absent) == "elemental-b.conf"
     assert [p.name for p in (esp / "loader/entries").iterdir()] == ["elemental-b.conf"]
     assert bless(esp, efivars, absent) is None  # already blessed
+
+
+def test_upgrade_is_idempotent(tmp_path: Path, images: tuple[str, str]) -> None:
+    """The version already running in a slot is never written into the other slot: the upgrade
+    instruction run again after its reboot (a power cut before the agent recorded the plan) or an
+    upgrade to the running version writes nothing, so the fallback slot survives."""
+    v1, v2 = images
+    raw = installed(tmp_path, v1)
+    assert offline_upgrade(raw, v1, "a", tmp_path) == "a"  # already running 1.0.0 in A
+    assert esp_entries(raw) == ["elemental-a+3.conf", "elemental-recovery.conf"]
+    assert offline_upgrade(raw, v2, "a", tmp_path) == "b"
+    entries = esp_entries(raw)
+    assert offline_upgrade(raw, v2, "b", tmp_path) == "b"  # booted B, the same instruction again
+    assert esp_entries(raw) == entries
+    with disk_partitions(raw) as parts:
+        with mounted(parts["COS_SYSTEM_A"], tmp_path / "a", "-o", "ro") as a:
+            assert "IMAGE_VERSION=1.0.0" in (a / "usr/lib/os-release").read_text()
+        with mounted(parts["COS_OEM"], tmp_path / "oem") as o:
+            st = oem.load_system_state(o)
+    assert st["generation"] == 2 and st["slots"]["a"]["version"] == "1.0.0"
+
+
+def test_slot_is_durable_before_its_entry(
+    tmp_path: Path, images: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut must never leave an entry pointing at a half-written slot: the slot device is
+    fsynced before its boot entry is written."""
+    v1, v2 = images
+    raw = installed(tmp_path, v1)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:  # the real fsync, and which file it was for
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    assert offline_upgrade(raw, v2, "a", tmp_path) == "b"
+    entry = next(i for i, p in enumerate(synced) if p.endswith("/loader/entries/elemental-b+3.conf.tmp"))
+    assert any(p.startswith("/dev/") for p in synced[:entry]), synced
