@@ -261,6 +261,7 @@ def test_label_annotate_patch_wait_delete(sh: Shell) -> None:
     sh.ok("elementalctl label mi m1 element=fire")
     sh.ok("elementalctl apply -f -", stdin=INVENTORY.replace("m1", "m2"))
     assert "(dry run)" in sh.ok("elementalctl delete mi -l element=fire --dry-run=client")
+    assert "(dry run)" in sh.ok("elementalctl delete --dry-run mi m1")  # bare --dry-run takes no value
     assert sh.op.ctx.store.list("MachineInventory", NS)
     assert sh.ok("elementalctl delete machineinventory -n fleet-default -l element=fire") == (
         'machineinventory.elemental.cattle.io "m1" deleted\n'
@@ -269,7 +270,11 @@ def test_label_annotate_patch_wait_delete(sh: Shell) -> None:
         sh.ok("elementalctl wait --for=delete mi/m1 --timeout=10s")
         == "machineinventory.elemental.cattle.io/m1 deleted\n"
     )
-    assert sh.ok("elementalctl delete mi --all") == 'machineinventory.elemental.cattle.io "m2" deleted\n'
+    assert (
+        sh.ok("elementalctl delete mi --all --wait=false")
+        == 'machineinventory.elemental.cattle.io "m2" deleted\n'
+    )
+    sh.ok("elementalctl wait --for=delete mi/m2")
     assert not sh.op.ctx.store.list("MachineInventory", NS)
 
 
@@ -293,7 +298,7 @@ def test_apply_sources_dry_run_explain_api_resources(sh: Shell, tmp_path: Path) 
     assert sh.fails("elementalctl create -f mi.yaml --dry-run=server").startswith(
         'Error from server (AlreadyExists): machineinventory.elemental.cattle.io "m1" already exists'
     )
-    assert sh.fails("elementalctl create -f mi.yaml").startswith("Error from server (409)")
+    assert sh.fails("elementalctl create -f mi.yaml").startswith("Error from server (AlreadyExists)")
     # -f URL (the docs apply manifests from raw.githubusercontent.com): served from loopback here
     handler = functools.partial(QuietHandler, directory=str(tmp_path))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -441,7 +446,7 @@ ERRORS = [
     (
         "elementalctl apply -f -",
         f"apiVersion: {API}\nkind: MachineInventory\nmetadata: {{name: m}}\nspec: {{tpmHsh: x}}\n",
-        "Error from server (422): spec.tpmHsh: unknown field (<stdin>: document 1, m)",
+        "Error from server (Invalid): spec.tpmHsh: unknown field (<stdin>: document 1, m)",
     ),
     (
         "elementalctl delete mr",
@@ -641,7 +646,7 @@ def test_wait_times_out_and_patch_json_errors(sh: Shell) -> None:
         'elementalctl patch mi m1 --type json -p \'[{"op":"test","path":"/spec/tpmHash","value":"q"}]\''
     ) == ("json patch: test failed at '/spec/tpmHash'")
     assert sh.fails('elementalctl patch mi m1 --type merge -p \'{"spec":{"tpmHsh":1}}\'') == (
-        "Error from server (422): spec.tpmHsh: unknown field"
+        "Error from server (Invalid): spec.tpmHsh: unknown field"
     )
     assert sh.fails(
         'elementalctl patch mi m1 --dry-run=client --type merge -p \'{"spec":{"tpmHsh":1}}\''
@@ -659,6 +664,12 @@ def test_console_script_exit_codes_and_completion(operator: RunningOperator, tmp
         [*exe, "get", "mr", "-o", "bogus"], env=env, capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 1 and res.stderr.count("\n") == 1  # kubectl: usage errors are exit 1 too
+    res = subprocess.run(exe, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "usage: elementalctl VERB" in res.stdout  # kubectl: help, exit 0
+    res = subprocess.run(
+        [*exe, "get", "mr", "nope", "-o", "json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 1 and res.stdout == "" and res.stderr.count("\n") == 1  # no empty List printed
     res = subprocess.run([*exe, "completion", "bash"], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
     script = tmp_path / "completion.bash"

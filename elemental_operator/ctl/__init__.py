@@ -48,14 +48,6 @@ class _Parser(argparse.ArgumentParser):
         raise CtlError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
-
-
 def _globals(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection (any position)")
     g.add_argument("-s", "--server", help="operator URL (https://host:port)")
@@ -121,11 +113,9 @@ def _verbs() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], 
         p.add_argument("--ignore-not-found", action="store_true")
         p.add_argument(
             "--wait",
-            type=_bool,
-            nargs="?",
-            const=True,
+            action=argparse.BooleanOptionalAction,
             default=True,
-            help="wait until finalizers let the objects go (default true)",
+            help="wait until finalizers let the objects go (default; --wait=false does not)",
         )
         p.add_argument("--timeout", default="0", help="how long --wait waits (0: forever)")
 
@@ -211,18 +201,42 @@ def parser_for(verb: str) -> argparse.ArgumentParser:
     p = _Parser(prog=f"elementalctl {verb}", description=helptext)
     _globals(p)
     add(p)
-    p.add_argument("args", nargs="*", metavar="TYPE[,TYPE] [NAME] | TYPE/NAME | KEY=VALUE")
+    metavar = {
+        "label": "TYPE NAME|TYPE/NAME KEY=VALUE|KEY-",
+        "annotate": "TYPE NAME|TYPE/NAME KEY=VALUE|KEY-",
+        "explain": "TYPE[.FIELD]",
+        "api-resources": "-",
+    }.get(verb, "TYPE[,TYPE] [NAME] | TYPE/NAME")
+    p.add_argument("args", nargs="*", metavar=metavar)
     return p
 
 
 def _usage() -> str:
-    lines = [__doc__.splitlines()[0] if __doc__ else "", "", "usage: elementalctl VERB [ARGS] [FLAGS]", ""]
+    lines = [
+        "elementalctl: a kubectl-like client for the operator's admin API (docs/ctl.md)",
+        "",
+        "usage: elementalctl VERB [ARGS] [FLAGS]",
+        "",
+    ]
     for name, (helptext, _, _) in _verbs().items():
         lines.append(f"  {name:<14}{helptext}")
     for name, helptext in OTHER.items():
         lines.append(f"  {name:<14}{helptext}")
     lines += ["", "Flags may come anywhere; 'elementalctl VERB --help' lists a verb's flags."]
     return "\n".join(lines) + "\n"
+
+
+def kubectl_flags(argv: list[str]) -> list[str]:
+    """pflag spellings argparse reads otherwise: ``--wait=false`` and a bare ``--dry-run`` (which,
+    unlike an optional argparse value, never takes the next word)."""
+    out = []
+    for word in argv:
+        if word in ("--wait=false", "--wait=true"):
+            word = "--no-wait" if word.endswith("false") else "--wait"
+        elif word == "--dry-run":
+            word = "--dry-run=client"
+        out.append(word)
+    return out
 
 
 def split_verb(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -251,10 +265,10 @@ def _flag_words() -> list[str]:
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     out = out or sys.stdout
-    verb, rest = split_verb(argv)
+    verb, rest = split_verb(kubectl_flags(argv))
     if verb is None:
         out.write(_usage())
-        return 0 if any(a in ("-h", "--help") for a in argv) else 1
+        return 0  # kubectl prints its help with exit 0 too
     args = parser_for(verb).parse_intermixed_args(rest)
     if verb == "completion":
         out.write(completion.script(args.shell, [*_verbs(), *OTHER], _flag_words()))

@@ -48,11 +48,13 @@ class Client:
             resp: IO[bytes] = urllib.request.urlopen(req, timeout=timeout, context=self.ssl)
             return resp
         except urllib.error.HTTPError as exc:
+            # kubectl's form: the Status reason (NotFound, Invalid, Conflict…), else the HTTP code.
             try:
-                message = json.loads(exc.read()).get("message") or exc.reason
-            except ValueError:
-                message = exc.reason
-            raise CtlError(f"Error from server ({exc.code}): {message}", exc.code) from None
+                body = json.loads(exc.read())
+                message, reason = body.get("message") or exc.reason, body.get("reason") or exc.code
+            except (ValueError, AttributeError):
+                message, reason = exc.reason, exc.code
+            raise CtlError(f"Error from server ({reason}): {message}", exc.code) from None
         except urllib.error.URLError as exc:
             raise CtlError(f"cannot reach {self.base}: {exc.reason}") from None
         except OSError as exc:  # timeouts, resets

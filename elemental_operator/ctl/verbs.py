@@ -143,7 +143,8 @@ def cmd_get(args: argparse.Namespace, s: Session) -> int:
             s.out.write(output.table(info, objs, fmt, ns is None, with_kind))
     else:
         flat = [(info, o) for info, objs in found for o in objs]
-        if flat or fmt.kind in ("json", "yaml", "jsonpath"):
+        # an empty List (or an empty template) as kubectl prints it, unless the names were missing
+        if flat or (fmt.kind in ("json", "yaml", "jsonpath") and rc == 0):
             s.out.write(output.dump(flat, fmt, single))
     return rc
 
