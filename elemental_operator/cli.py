@@ -170,6 +170,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from elemental_operator.store.sql import open_store
 
     fd_limit = guard.raise_fd_limit()
+    guard.shrink_tls_buffers()
     # The state dir holds the database (admin token, CA key) and TLS keys: owner only, whatever
     # the caller's umask, and existing files from older versions are tightened too.
     os.umask(0o077)

@@ -21,6 +21,10 @@ from elemental_common.consts import SEEDIMAGE_ARTIFACT_ANNOTATION
 from elemental_operator.controllers.base import Manager
 from elemental_operator.store.sql import open_store
 
+# Every test here runs `elemental-operator serve` as a process (or mounts a tmpfs).
+pytestmark = pytest.mark.integration
+
+
 API = "/elemental/admin/v1/namespaces/fleet-default"
 DIGEST = "0123456789abcdef01234567"
 

@@ -15,6 +15,9 @@ from hostile_serve import ServeProc
 
 from elemental_operator.server.logfilter import RateLimitFilter
 
+# Every test here runs `elemental-operator serve` as a process (or mounts a tmpfs).
+pytestmark = pytest.mark.integration
+
 
 def _closed_by_peer(sock: Any, timeout: float) -> bool:
     """True once the server closed ``sock`` (EOF or reset) within ``timeout`` seconds."""
@@ -162,6 +165,19 @@ def test_fd_limit_raised_and_never_exhausted(serve_factory: Any) -> None:
     log = op.log_path.read_bytes()
     assert b"out of system resource" not in log
     assert len(log) < 64 * 1024, len(log)
+
+
+def test_silent_tls_sockets_cost_little_memory(serve_factory: Any) -> None:
+    # asyncio gave each accepted TLS connection a 256 KiB buffer: 300 silent sockets = 75 MiB.
+    op = serve_factory("--header-timeout", "60")
+    before = op.rss_kib()
+    hogs = [op.raw(f"127.0.2.{1 + i // 50}") for i in range(300)]
+    deadline = time.monotonic() + 10
+    while op.open_fds() < 300:
+        assert time.monotonic() < deadline, "the operator did not accept the sockets"
+    assert op.rss_kib() - before < 30 * 1024
+    for s in hogs:
+        s.close()
 
 
 def test_repeated_log_lines_are_rate_limited_with_a_count() -> None:

@@ -147,7 +147,7 @@ async def registration(request: web.Request) -> web.StreamResponse:
     except ImportError as exc:
         return web.Response(status=503, text=f"registration handler not available: {exc}\n")
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        ws = web.WebSocketResponse(max_msg_size=P.MAX_FRAME_SIZE)
+        ws = web.WebSocketResponse(max_msg_size=P.LIMITS["max-client-frame-bytes"])
         await ws.prepare(request)
         require_masked_frames(request)
         conn = WebSocketConn(ws)
