@@ -272,3 +272,97 @@ def test_generators(tmp_path: Path, what: str) -> None:
     else:
         assert cli.main(["gen-chart", str(tmp_path / "chart")]) == 0
         assert (tmp_path / "chart" / "Chart.yaml").exists()
+
+
+# ---- the pure layers under the verbs: patches (RFC 7386, RFC 6902, strategic) and JSONPath ------
+
+
+def test_merge_patch_rfc7386_examples() -> None:
+    from elemental_operator.ctl.patching import merge_patch
+
+    # from RFC 7386 appendix A
+    assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": "b"}, {"b": "c"}) == {"a": "b", "b": "c"}
+    assert merge_patch({"a": "b"}, {"a": None}) == {}
+    assert merge_patch({"a": [{"b": "c"}]}, {"a": [1]}) == {"a": [1]}
+    assert merge_patch({"e": None}, {"a": 1}) == {"e": None, "a": 1}
+    assert merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
+
+
+def test_json_patch_rfc6902_operations() -> None:
+    from elemental_operator.ctl.client import CtlError
+    from elemental_operator.ctl.patching import json_patch
+
+    doc = {"foo": ["bar", "baz"], "a/b": 1, "m~n": 2}
+    assert json_patch(doc, [{"op": "add", "path": "/foo/1", "value": "qux"}])["foo"] == ["bar", "qux", "baz"]
+    assert json_patch(doc, [{"op": "add", "path": "/foo/-", "value": "end"}])["foo"][-1] == "end"
+    assert json_patch(doc, [{"op": "remove", "path": "/a~1b"}]) == {"foo": ["bar", "baz"], "m~n": 2}
+    assert json_patch(doc, [{"op": "replace", "path": "/m~0n", "value": 3}])["m~n"] == 3
+    moved = json_patch(doc, [{"op": "move", "from": "/foo/0", "path": "/first"}])
+    assert moved["first"] == "bar" and moved["foo"] == ["baz"]
+    assert json_patch(doc, [{"op": "copy", "from": "/foo", "path": "/bar"}])["bar"] == ["bar", "baz"]
+    assert json_patch(doc, [{"op": "test", "path": "/foo/0", "value": "bar"}]) == doc
+    assert doc == {"foo": ["bar", "baz"], "a/b": 1, "m~n": 2}  # the input is never changed
+    for ops, message in (
+        ([{"op": "replace", "path": "/nope", "value": 1}], "path '/nope' does not exist"),
+        ([{"op": "add", "path": "/foo/9", "value": 1}], "index '9' out of range"),
+        ([{"op": "frob", "path": "/foo"}], "unknown op 'frob'"),
+        ([{"op": "add", "path": "/x"}], "needs 'value'"),
+        ([{"op": "move", "path": "/x"}], "needs 'from'"),
+        ([{"path": "/x"}], "needs 'op' and 'path'"),
+        ([{"op": "add", "path": "x", "value": 1}], "must start with '/'"),
+    ):
+        with pytest.raises(CtlError, match=message.replace("[", r"\[")):
+            json_patch(doc, ops)
+
+
+def test_strategic_merge_keys_conditions_by_type_and_named_items_by_name() -> None:
+    from elemental_operator.ctl.patching import strategic_merge
+
+    cur = {
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False"}, {"type": "Adopted", "status": "True"}]
+        },
+        "spec": {"envs": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}], "args": ["x", "y"]},
+    }
+    patch = {
+        "status": {"conditions": [{"type": "Ready", "status": "True"}, {"type": "New", "status": "True"}]},
+        "spec": {"envs": [{"name": "B", "value": "3"}, {"name": "A", "$patch": "delete"}], "args": ["z"]},
+    }
+    out = strategic_merge(cur, patch)
+    assert out["status"]["conditions"] == [
+        {"type": "Ready", "status": "True"},
+        {"type": "Adopted", "status": "True"},
+        {"type": "New", "status": "True"},
+    ]
+    assert out["spec"]["envs"] == [{"name": "B", "value": "3"}]
+    assert out["spec"]["args"] == ["z"]  # lists of scalars are replaced, as in Kubernetes
+
+
+def test_jsonpath_templates_as_kubectl_writes_them() -> None:
+    from elemental_operator.ctl import jsonpath
+
+    data = {
+        "items": [
+            {
+                "metadata": {"name": "a", "labels": {"app.kubernetes.io/name": "x"}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}], "n": 2, "ok": True},
+            },
+            {"metadata": {"name": "b"}},
+        ]
+    }
+    assert jsonpath.render("{.items[*].metadata.name}", data) == "a b"
+    assert jsonpath.render('{range .items[*]}{.metadata.name}{"\\t"}{end}', data) == "a\tb\t"
+    assert jsonpath.render('{.items[0].status.conditions[?(@.type=="Ready")].status}', data) == "True"
+    assert jsonpath.render(r"{.items[0].metadata.labels.app\.kubernetes\.io/name}", data) == "x"
+    assert jsonpath.render("{.items[0].metadata.labels['app.kubernetes.io/name']}", data) == "x"
+    assert jsonpath.render("{.items[0].status.ok} {.items[0].status.n}", data) == "true 2"
+    assert jsonpath.render("{.items[0].status.conditions}", data) == '[{"type":"Ready","status":"True"}]'
+    assert jsonpath.render("{.items[1].status.n}", data) == ""  # missing: empty, as kubectl
+    assert jsonpath.render("{.items[-1].metadata.name}", data) == "b"
+    assert jsonpath.render(".items[0].metadata.name", data) == "a"  # no braces: one path
+    assert jsonpath.render('x{"}"}y', data) == "x}y"  # braces inside a literal
+    assert (
+        jsonpath.render("{range .items[*]}[{range .status.conditions[*]}{.type}{end}]{end}", data)
+        == "[Ready][]"
+    )

@@ -127,7 +127,7 @@ def parse_format(output: str | None, **switches: Any) -> Format:
     name, eq, arg = output.partition("=")
     if name in ("yaml", "json", "wide", "name") and not eq:
         fmt.kind = name
-    elif name == "jsonpath" or name == "jsonpath-as-json":
+    elif name == "jsonpath":
         if not arg:
             raise CtlError("template format specified but no template given (-o jsonpath='{…}')")
         fmt.kind, fmt.template = "jsonpath", arg

@@ -19,7 +19,6 @@ EXTRA_ALIASES = {
     "miselectors": "MachineInventorySelector",
     "mistemplate": "MachineInventorySelectorTemplate",
     "mistemplates": "MachineInventorySelectorTemplate",
-    "seedimg": "SeedImage",
 }
 
 
@@ -61,10 +60,7 @@ def resolve_type(text: str) -> KindInfo:
             group = group_of(info)
             if qualifier in ("", group, f"{VERSION}.{group}" if group else "v1"):
                 return info
-    raise CtlError(
-        f'the server doesn\'t have a resource type "{text}"',
-        hint="",
-    )
+    raise CtlError(f'the server doesn\'t have a resource type "{text}"')
 
 
 @dataclass

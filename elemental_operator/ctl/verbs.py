@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -57,11 +56,6 @@ class Session:
         if self._client is None:
             self._client = self.connect()
         return self._client
-
-    def warn(self, message: str) -> None:
-        self.err.write(
-            f"error: {message}\n" if not message.startswith(("Error", "Warning")) else message + "\n"
-        )
 
 
 def _dry_suffix(args: argparse.Namespace) -> str:
@@ -761,7 +755,3 @@ def cmd_api_resources(args: argparse.Namespace, s: Session) -> int:
     for r in rows:
         s.out.write("   ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
     return 0
-
-
-def stderr() -> IO[str]:
-    return sys.stderr
