@@ -600,7 +600,7 @@ def _gpu(cards: list[dict[str, str] | None]) -> dict[str, Any]:
     return {"GraphicsCards": by_key, "TotalCards": str(count)}
 
 
-def _netlink_addresses() -> dict[str, tuple[list[str], list[str]]]:
+def netlink_addresses() -> dict[str, tuple[list[str], list[str]]]:
     """Every interface's IP addresses from one RTM_GETADDR dump, as Go's net.Interface.Addrs
     (which pkg/util/net.go calls) reads them: IFA_LOCAL when present, else IFA_ADDRESS; IPv4 before
     IPv6, each in the kernel's order; an IPv4-mapped IPv6 address counts as IPv4 (Go's To4)."""
@@ -652,7 +652,7 @@ def _netlink_addresses() -> dict[str, tuple[list[str], list[str]]]:
 
 def _live_addresses() -> dict[str, tuple[list[str], list[str]]]:
     try:
-        return _netlink_addresses()
+        return netlink_addresses()
     except OSError as exc:
         log.warning("cannot list IP addresses (netlink): %s", exc)
         return {}
@@ -665,20 +665,25 @@ def hostname(root: str | Path = "/") -> str:
     return _read(root, "proc/sys/kernel/hostname")
 
 
-def system_data_v2(root: str | Path = "/", addresses: Addresses | None = None) -> dict[str, Any]:
+def system_data_v2(
+    root: str | Path = "/", addresses: Addresses | None = None, tools: bool | None = None
+) -> dict[str, Any]:
     """The SystemDataV2 map of Elemental's register client, read from ``root``.
 
     ``addresses`` gives each interface's IPs; by default the live system's (netlink), or none
-    for a recorded tree. Every value is a string, except where upstream's is not: PCIAddress is
-    null for a NIC that is not on PCI, and ``System Data/CPU/Capabilities`` is a list (null
-    without flags), so templates render, or fail to, exactly as for upstream's client.
+    for a recorded tree. ``tools`` runs ethtool for link data as ghw does; by default only on the
+    live system, with ethtool installed and GHW_DISABLE_TOOLS unset.
+
+    Every value is a string, except where upstream's is not: PCIAddress is null for a NIC that is
+    not on PCI, and ``System Data/CPU/Capabilities`` is a list (null without flags), so templates
+    render, or fail to, exactly as for upstream's client.
     """
     r = Path(root)
     live = r == Path("/")
     addrs: Addresses = addresses if addresses is not None else (_live_addresses() if live else {})
     procs = _processors(r)
     memory = _memory(r)
-    nics = _nics(r, tools=_use_tools(r))
+    nics = _nics(r, tools=_use_tools(r) if tools is None else tools)
     disks = _disks(r)
     cards = _graphics_cards(r)
     host = hostname(r)

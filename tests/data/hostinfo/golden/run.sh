@@ -2,12 +2,14 @@
 # Run upstream's hostinfo (golden/main.go built in an elemental-operator checkout) on a recorded
 # tree, in a private network and UTS namespace whose interfaces carry the tree's addresses: ghw reads
 # /sys and /proc under GHW_CHROOT, but upstream's IP lists and hostname come from the live system.
-#   run.sh <hostinfo-golden binary> <tree name>   (as root; writes <tree>.golden.json, <tree>.ip-addr.json)
+#   run.sh <hostinfo-golden binary> <tree name> [ethtool]
+# as root; writes <tree>.golden.json and <tree>.ip-addr.json, or with "ethtool" <tree>.ethtool.golden.json,
+# made with ghw's tools enabled and ../ethtool/ethtool (recorded outputs) first on PATH.
 set -eu
-bin=$1; name=$2
+bin=$1; name=$2; mode=${3:-}
 here=$(cd "$(dirname "$0")/.." && pwd)
 tree=$here/$name
-exec unshare -n -u sh -eu -c '
+exec env MODE="$mode" ETHTOOL_DIR="$here/ethtool" unshare -n -u sh -eu -c '
 addr() { ip link add "$1" type veth peer name "p-$1"; ip link set "$1" addrgenmode none; ip link set "$1" up; }
 case "$1" in
 this-vm)
@@ -24,6 +26,10 @@ qemu-q35)
   ip addr add 192.168.100.1/24 dev br0 ;;
 esac
 hostname "$(cat "$2/proc/sys/kernel/hostname")"
-ip -j addr > "$2.ip-addr.json"
-HOME=/nonexistent GHW_CHROOT="$2" GHW_DISABLE_TOOLS=1 "$3" > "$2.golden.json"
+if [ "$MODE" = ethtool ]; then
+  HOME=/nonexistent PATH="$ETHTOOL_DIR:$PATH" GHW_CHROOT="$2" "$3" > "$2.ethtool.golden.json"
+else
+  ip -j addr > "$2.ip-addr.json"
+  HOME=/nonexistent GHW_CHROOT="$2" GHW_DISABLE_TOOLS=1 "$3" > "$2.golden.json"
+fi
 ' run "$name" "$tree" "$bin"
