@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,9 @@ ATTEMPTED = re.compile(r"registration attempt \d+ failed|registration successful
 def seed() -> Iterator[Machine]:
     if not ISO.is_file():
         pytest.skip(f"{ISO} has not been built (make iso, or make seed repack)")
+    # A new machine each run: the harness keeps a machine's NVRAM, disks and TPM state in its
+    # results directory (an earlier run's target disk or TPM must not carry over).
+    shutil.rmtree(RESULTS / "seed", ignore_errors=True)
     m = Machine("seed", results_dir=RESULTS, memory_mb=2048)
     try:
         m.add_disk(size="8G")  # a target disk, as on a real machine (empty: the firmware skips it)
