@@ -338,6 +338,22 @@ def test_contexts(sh: Shell, tmp_path: Path) -> None:
     ) == ('Context "dev" created.\n')
     sh.ok("elementalctl config set-context broken --server http://127.0.0.1:1 --token x", connect=False)
     assert (os.stat(tmp_path / "ctl-config").st_mode & 0o777) == 0o600
+    # a server that is not an operator (plain files): one line, not a JSON traceback
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        web = f"http://127.0.0.1:{httpd.server_address[1]}"
+        (tmp_path / "elemental" / "admin" / "v1").mkdir(parents=True)
+        (tmp_path / "elemental" / "admin" / "v1" / "machineregistrations").write_text("<html>")
+        rc, _, err = sh(f"elementalctl get mr -A --server {web} --token t", connect=False)
+        assert rc == 1 and err == (
+            f"elementalctl: error: {web}/elemental/admin/v1/machineregistrations: the answer is not JSON "
+            f"(is {web} an operator?)\n"
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
     out = sh.ok("elementalctl config get-contexts", connect=False)
     assert out.splitlines()[1].split()[:2] == ["*", "dev"]
     # the current context gives server, token and namespace (the document names none)

@@ -60,16 +60,31 @@ class Client:
         except OSError as exc:  # timeouts, resets
             raise CtlError(f"cannot reach {self.base}: {exc}") from None
 
+    def _not_json(self, path: str) -> CtlError:
+        return CtlError(
+            f"{self.base}{path.split('?')[0]}: the answer is not JSON (is {self.server} an operator?)"
+        )
+
     def call(self, method: str, path: str, body: Any = None) -> Any:
         with self._open(method, path, body) as resp:
-            return json.loads(resp.read() or b"null")
+            try:
+                return json.loads(resp.read() or b"null")
+            except ValueError:
+                raise self._not_json(path) from None
+            except OSError as exc:
+                raise CtlError(f"{self.base}: the connection broke: {exc}") from None
 
     def stream(self, path: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Newline-delimited JSON watch events; the server ends the stream at ``timeoutSeconds``."""
         with self._open("GET", path, timeout=timeout) as resp:
-            for line in resp:
-                if line.strip():
-                    yield json.loads(line)
+            try:
+                for line in resp:
+                    if line.strip():
+                        yield json.loads(line)
+            except ValueError:
+                raise self._not_json(path) from None
+            except OSError as exc:
+                raise CtlError(f"{self.base}: the watch broke: {exc}") from None
 
     # ---- paths ------------------------------------------------------------------------------
 
