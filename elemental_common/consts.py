@@ -43,6 +43,11 @@ MANAGEDOSVERSION_FINALIZER = f"managedosversion.{GROUP}"
 # The operator's reset plan for an unmanaged host writes this file; the host's own tooling acts on it.
 UNMANAGED_RESET_MARKER = "/var/lib/elemental/.unmanaged_reset"
 AGENT_DIR = "/var/lib/elemental/agent"
+# The installer's recovery boot entry id (systemd-boot: <id>.conf) and the OS unit that resets from
+# recovery, under Elemental's name so that an Elemental OS image and ours both have it
+# (overlays/os/usr/lib/systemd/system/); the operator's reset plan names both.
+RECOVERY_ENTRY_ID = "elemental-recovery"
+RESET_UNIT = "elemental-register-reset.service"
 
 # ------------------------------------------------------------------------------- defaults
 DEFAULT_STATE_DIR = "/var/lib/elemental-py"  # the dev operator's state (env ELEMENTAL_STATE)

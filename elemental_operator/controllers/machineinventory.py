@@ -13,6 +13,8 @@ from elemental_common.consts import (
     MACHINEINVENTORY_FINALIZER,
     PLAN_SECRET_TYPE,
     PLAN_TYPE_ANNOTATION,
+    RECOVERY_ENTRY_ID,
+    RESET_UNIT,
     RESETTABLE_ANNOTATION,
     UNMANAGED_RESET_MARKER,
 )
@@ -39,12 +41,7 @@ from elemental_operator.store.base import AlreadyExists, NotFound, Resource, Wat
 UNMANAGED_NAME = "os.unmanaged"
 ADOPTION_TIMEOUT = 5.0
 LOCAL_RESET_PLAN_PATH = "/oem/reset-cloud-config.yaml"
-# The unit of the OS image that resets from recovery (overlays/os/usr/lib/systemd/system/), under
-# Elemental's name so that an Elemental OS image and ours both have it.
-RESET_UNIT = "elemental-register-reset.service"
-# The installer's recovery boot entry (elemental_register.installer.boot.RECOVERY_ID; the layer
-# contract keeps the operator from importing it, tests/test_agent.py ties the two together).
-RECOVERY_ENTRY = "elemental-recovery.conf"
+RECOVERY_ENTRY = f"{RECOVERY_ENTRY_ID}.conf"
 
 
 def is_unmanaged(inventory: Resource) -> bool:

@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from elemental_common.consts import RECOVERY_ENTRY_ID
 from elemental_common.errors import die
 from elemental_common.pe import Uki
 from elemental_register.installer import disk, durable
@@ -24,7 +25,7 @@ from elemental_register.installer.image import SystemImage
 ENTRY_RE = re.compile(r"^(?P<id>.+?)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
 TRIES = 3
 LOADER_CONF = "timeout 3\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
-RECOVERY_ID = "elemental-recovery"
+RECOVERY_ID = RECOVERY_ENTRY_ID
 
 # Tokens of the UKI's own command line that the installer decides per slot.
 _OWN = re.compile(
