@@ -65,10 +65,10 @@ _KEYS = {
 }
 
 
-def load_yaml(path: str) -> dict[str, Any]:
+def load_yaml(path: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=loader)  # a SafeLoader or a subclass of it
     except FileNotFoundError:
         return {}
     except (OSError, yaml.YAMLError) as exc:
@@ -120,9 +120,37 @@ def ca_cert_pem(value: str) -> str:
     die(f"registration CA cert {value!r} is neither PEM nor a readable file")
 
 
+class _TextScalarLoader(yaml.SafeLoader):
+    """YAML as yaml.v3 decodes it into a map[string]string: every scalar is the text written
+    (`yes`, `0x10`, `1.50`, `2024-01-01` stay as they are), null is "", merge keys work."""
+
+
+_TextScalarLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag.endswith((":null", ":merge"))]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _scalar_text(loader: _TextScalarLoader, node: yaml.Node) -> str:
+    return str(loader.construct_scalar(node))  # type: ignore[arg-type]  # only scalar tags below
+
+
+for _tag in ("bool", "int", "float", "timestamp"):  # explicit !!int 5 and the like: the text too
+    _TextScalarLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _scalar_text)
+
+
 def load_labels_file(path: str) -> dict[str, str]:
-    data = load_yaml(path)
+    """The local labels file, read like upstream's client (cmd/register/main.go
+    mergeLocalLabelsFile: yaml.v3 into map[string]string), not with YAML 1.1's types, which
+    made `fromFile: yes` the label value 'True'."""
+    data = load_yaml(path, loader=_TextScalarLoader)
     # Elemental's local labels file is a flat map; also accept {labels: {...}}.
     nested = data.get("labels")
-    labels: dict[str, Any] = nested if isinstance(nested, dict) else data
-    return {str(k): str(v) for k, v in labels.items() if not isinstance(v, (dict, list))}
+    labels: dict[Any, Any] = nested if isinstance(nested, dict) else data
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        if isinstance(value, (dict, list)):
+            # upstream refuses the file ("cannot unmarshal !!seq into string"); say which label
+            die(f"{path}: label {key!r} is not a string (a {type(value).__name__})")
+        out["" if key is None else str(key)] = "" if value is None else str(value)
+    return out

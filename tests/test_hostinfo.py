@@ -51,6 +51,7 @@ def test_same_map_as_upstream(tree: str) -> None:
     assert json.dumps(ours, sort_keys=True) == json.dumps(upstream, sort_keys=True)
 
 
+@pytest.mark.integration  # runs the replaying ethtool script
 def test_same_map_as_upstream_with_ethtool(monkeypatch: pytest.MonkeyPatch) -> None:
     # ghw takes speed, duplex and link modes from ethtool when it is installed.
     monkeypatch.setenv("PATH", f"{DATA / 'ethtool'}{os.pathsep}{os.environ['PATH']}")
@@ -247,6 +248,7 @@ exec "$@"
 """
 
 
+@pytest.mark.integration  # root: a private network namespace with veth interfaces
 def test_netlink_addresses_in_a_namespace() -> None:
     """Our netlink dump on a live (private) network, with several addresses per family and a
     point-to-point one, where Go reports the local address and not the peer."""
