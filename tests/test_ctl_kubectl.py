@@ -630,6 +630,10 @@ ERRORS = [
     ("elementalctl config get-contexts nope", "", 'elementalctl: error: context "nope" not found'),
     ("elementalctl config current-context", "", "elementalctl: error: current-context is not set"),
     ("elementalctl config delete-context nope", "", 'elementalctl: error: cannot delete context "nope"'),
+    ("elementalctl label mr x 'a b=c'", "", "elementalctl: error: invalid label key 'a b': [prefix/]name"),
+    ("elementalctl label mr x Bad_Prefix/k=v", "", "elementalctl: error: invalid label key 'Bad_Prefix/k'"),
+    ("elementalctl label mr x k=-v", "", "elementalctl: error: invalid label value: 'k=-v'"),
+    ("elementalctl annotate mr x bad_=v", "", "elementalctl: error: invalid annotation key 'bad_'"),
     (
         "elementalctl completion fish",
         "",

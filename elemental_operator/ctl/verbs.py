@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -428,6 +429,25 @@ def _update(
     return False
 
 
+# Kubernetes' qualified names (label and annotation keys) and label values, checked here as kubectl
+# does before sending: the admin API checks label values, but not keys.
+_NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _check_key(key: str, what: str) -> None:
+    prefix, slash, name = key.rpartition("/")
+    ok = bool(_NAME_PART.match(name)) and len(name) <= 63
+    if slash:
+        ok = ok and bool(_DNS_SUBDOMAIN.match(prefix)) and len(prefix) <= 253
+    if not ok:
+        raise CtlError(
+            f"invalid {what} key {key!r}: [prefix/]name, the name at most 63 alphanumerics, '-', '_' or '.' "
+            "(beginning and ending with an alphanumeric), the prefix a DNS subdomain"
+        )
+
+
 def _key_values(pairs: list[str], what: str) -> tuple[dict[str, str], list[str]]:
     sets: dict[str, str] = {}
     removes: list[str] = []
@@ -436,6 +456,12 @@ def _key_values(pairs: list[str], what: str) -> tuple[dict[str, str], list[str]]
             key, _, value = pair.partition("=")
             if not key:
                 raise CtlError(f"invalid {what} spec: {pair!r}")
+            _check_key(key, what)
+            if what == "label" and (len(value) > 63 or not _LABEL_VALUE.match(value)):
+                raise CtlError(
+                    f"invalid label value: {pair!r}: at most 63 characters, alphanumerics, '-', '_' or '.', "
+                    "beginning and ending with an alphanumeric"
+                )
             sets[key] = value
         elif pair.endswith("-") and len(pair) > 1:
             removes.append(pair[:-1])
