@@ -68,25 +68,3 @@ def parse_os_release(text: str) -> dict[str, str]:
         out[k.strip()] = v
     return out
 
-
-def build(sections_: dict[str, bytes]) -> bytes:
-    """Make a minimal PE file holding `sections_` (tests and synthetic images only)."""
-    file_align = 0x200
-    n = len(sections_)
-    header_size = 0x40 + 4 + 20 + 0xF0 + 40 * n
-    ptr = (header_size + file_align - 1) // file_align * file_align
-    table = b""
-    body = b""
-    vaddr = 0x1000
-    for name, payload in sections_.items():
-        raw = (len(payload) + file_align - 1) // file_align * file_align
-        table += struct.pack(
-            "<8sIIIIIIHHI", name.encode()[:8], len(payload), vaddr, raw, ptr + len(body), 0, 0, 0, 0, 0
-        )
-        body += payload + b"\0" * (raw - len(payload))
-        vaddr += (len(payload) + 0xFFF) // 0x1000 * 0x1000 + 0x1000
-    dos = b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x40)
-    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, n, 0, 0, 0, 0xF0, 0x22)
-    opt = struct.pack("<H", 0x20B) + b"\0" * (0xF0 - 2)
-    head = dos + coff + opt + table
-    return head + b"\0" * (ptr - len(head)) + body

@@ -10,18 +10,41 @@ import io
 import json
 import os
 import shutil
+import struct
 import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from elemental_common import pe
 from elemental_common.run import run
 from elemental_register.installer import disk, upgrade
 
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 
+
+
+def build_pe(sections_: dict[str, bytes]) -> bytes:
+    """A minimal PE file holding `sections_` (what elemental_common.pe reads), for synthetic UKIs."""
+    file_align = 0x200
+    n = len(sections_)
+    header_size = 0x40 + 4 + 20 + 0xF0 + 40 * n
+    ptr = (header_size + file_align - 1) // file_align * file_align
+    table = b""
+    body = b""
+    vaddr = 0x1000
+    for name, payload in sections_.items():
+        raw = (len(payload) + file_align - 1) // file_align * file_align
+        table += struct.pack(
+            "<8sIIIIIIHHI", name.encode()[:8], len(payload), vaddr, raw, ptr + len(body), 0, 0, 0, 0, 0
+        )
+        body += payload + b"\0" * (raw - len(payload))
+        vaddr += (len(payload) + 0xFFF) // 0x1000 * 0x1000 + 0x1000
+    dos = b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x40)
+    coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0x8664, n, 0, 0, 0, 0xF0, 0x22)
+    opt = struct.pack("<H", 0x20B) + b"\0" * (0xF0 - 2)
+    head = dos + coff + opt + table
+    return head + b"\0" * (ptr - len(head)) + body
 
 def make_rootfs(root: Path, version: str = "1.0.0", payload_mib: int = 0) -> Path:
     """A directory shaped like the OS image contract: UKI, systemd-boot, os-release, /var."""
@@ -35,9 +58,9 @@ def make_rootfs(root: Path, version: str = "1.0.0", payload_mib: int = 0) -> Pat
         f'ID=debian\nIMAGE_ID=elemental-os\nIMAGE_VERSION={version}\nPRETTY_NAME="Elemental OS"\n'
     )
     (root / "etc/os-release").symlink_to("../usr/lib/os-release")
-    sd = SD_BOOT.read_bytes() if SD_BOOT.is_file() else pe.build({".text": b"sd-boot"})
+    sd = SD_BOOT.read_bytes() if SD_BOOT.is_file() else build_pe({".text": b"sd-boot"})
     (root / "usr/lib/systemd/boot/efi/systemd-bootx64.efi").write_bytes(sd)
-    uki = pe.build(
+    uki = build_pe(
         {
             ".osrel": (root / "usr/lib/os-release").read_bytes(),
             ".cmdline": b"console=ttyS0,115200 root=PARTUUID=dead rw quiet",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from installer_fixtures import build_pe
 from operator_fixtures import run_until
 
-from elemental_common import pe
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers import Manager
 from elemental_operator.controllers.base import condition_true
@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> Iterator[SqlStore]:
 def fake_seed(out: Path) -> Path:
     """The mkosi outputs iso.pack reads: a seed UKI with a command line, its kernel and initrd."""
     out.mkdir(parents=True)
-    (out / "seed.efi").write_bytes(pe.build({".cmdline": b"console=ttyS0 quiet", ".linux": b"K" * 4096}))
+    (out / "seed.efi").write_bytes(build_pe({".cmdline": b"console=ttyS0 quiet", ".linux": b"K" * 4096}))
     (out / "seed.vmlinuz").write_bytes(b"K" * 4096)
     (out / "seed.initrd").write_bytes(b"I" * 4096)
     return out
