@@ -97,7 +97,10 @@ def record_qemu_q35(tree: Path) -> None:
     _w(tree, "proc/sys/kernel/hostname", "edge-q35\n")
 
     # Two sockets x two cores, one thread each.
-    flags = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ss syscall nx lm constant_tsc hypervisor"
+    flags = (
+        "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse "
+        "sse2 ss syscall nx lm constant_tsc hypervisor"
+    )
     blocks = []
     for i in range(4):
         blocks.append(
