@@ -819,3 +819,36 @@ def test_wait_reports_deletion_while_waiting_and_delete_wait_timeout(
     t.join(40)
     rc, _, err = done[0]
     assert rc == 1 and "machineinventories/m1 was deleted while waiting for condition Never" in err
+
+
+def test_lines_from_elementals_e2e_tests(sh: Shell) -> None:
+    """Command lines of rancher/elemental-operator's tests/e2e (kubectl.Run / GetData / Delete)."""
+    sh.ok(
+        "elementalctl apply -f -",
+        f"apiVersion: {API}\nkind: ManagedOSVersion\nmetadata: {{name: v1.0.0, namespace: fleet-default}}\n"
+        "spec: {version: v1.0.0, type: container, metadata: {upgradeImage: registry.example/os:v1.0.0}}\n",
+    )
+    # kubectl.GetData(fleetNamespace, "ManagedOSVersion", version, `jsonpath={.spec.metadata.upgradeImage}`)
+    assert sh.ok(
+        "elementalctl get ManagedOSVersion v1.0.0 -n fleet-default -o jsonpath={.spec.metadata.upgradeImage}"
+    ) == ("registry.example/os:v1.0.0")
+    sh.ok(
+        "elementalctl apply -f -",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: tls-ca, namespace: cattle-system}\n"
+        "data: {tls.crt: Q0EK}\n",
+    )
+    # printCA := "-n cattle-system get secret tls-ca -o jsonpath=\"{.data['tls\\.crt']}\""
+    assert (
+        sh.ok("elementalctl -n cattle-system get secret tls-ca -o jsonpath=\"{.data['tls\\.crt']}\"")
+        == "Q0EK"
+    )
+    # kubectl -n cattle-system patch secret tls-ca -p '{"data":{"cacerts.pem":"..."}}'  (default: strategic)
+    assert sh.ok(
+        """elementalctl -n cattle-system patch secret tls-ca -p '{"data":{"cacerts.pem":"Q0EK"}}'"""
+    ) == ("secret/tls-ca patched\n")
+    assert set(sh.op.ctx.store.get("Secret", "cattle-system", "tls-ca")["data"]) == {"tls.crt", "cacerts.pem"}
+    # kubectl.New().Delete(r, "--all", "--all-namespaces")
+    assert sh.ok("elementalctl delete secret --all --all-namespaces") == 'secret "tls-ca" deleted\n'
+    assert sh.ok("elementalctl delete ManagedOSVersion --all --all-namespaces") == (
+        'managedosversion.elemental.cattle.io "v1.0.0" deleted\n'
+    )

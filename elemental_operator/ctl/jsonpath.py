@@ -34,8 +34,11 @@ def _to_jsonpath_ng(expr: str) -> str:
         return "$"
     # Only outside quoted strings: "['a.b/c']" and filter literals are jsonpath-ng's already.
     parts = re.split(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", expr)
+    # kubectl also reads \. inside a quoted key ("{.data['tls\.crt']}", in Elemental's e2e tests).
     return "".join(
-        part if i % 2 else _ESCAPED_FIELD.sub(lambda m: ".'" + m.group(1).replace("\\.", ".") + "'", part)
+        part.replace("\\.", ".")
+        if i % 2
+        else _ESCAPED_FIELD.sub(lambda m: ".'" + m.group(1).replace("\\.", ".") + "'", part)
         for i, part in enumerate(parts)
     )
 
