@@ -156,6 +156,21 @@ def test_documented_registration_and_seed_image_lines(sh: Shell) -> None:
         'elementalctl get seedimage -n fleet-default fire-img -o jsonpath="{.status.downloadURL}"'
     )
     assert download.startswith(sh.op.url + "/elemental/seedimage/")
+    # the docs' other spelling, and the braces with a newline literal
+    assert (
+        sh.ok(
+            'elementalctl get seedimages.elemental.cattle.io -n fleet-default fire-img -o jsonpath="{.status.downloadURL}"'
+        )
+        == download
+    )
+    assert sh.ok(
+        """elementalctl get seedimage -n fleet-default fire-img -o jsonpath='{.status.downloadURL}{"\\n"}'"""
+    ) == (download + "\n")
+    # "kubectl wait --for=condition=ready pod -n fleet-default fire-img": no pods here, and the error says what to run
+    assert sh.fails("elementalctl wait --for=condition=ready pod -n fleet-default fire-img") == (
+        'elementalctl: error: the server doesn\'t have a resource type "pod": the operator runs no pods; '
+        "a seed image is ready when: elementalctl wait --for=condition=SeedImageReady seedimage/NAME"
+    )
     checksum = sh.ok("elementalctl get seedimage fire-img -o jsonpath={.status.checksumURL}")
     assert checksum == download + ".sha256"
     # the docs' JSONPath with range and a literal, and the plural.group spelling

@@ -60,6 +60,12 @@ def resolve_type(text: str) -> KindInfo:
             group = group_of(info)
             if qualifier in ("", group, f"{VERSION}.{group}" if group else "v1"):
                 return info
+    if low in ("po", "pod", "pods"):
+        # Elemental's docs wait for the seed image's build pod; this operator builds without pods.
+        raise CtlError(
+            f'the server doesn\'t have a resource type "{text}": the operator runs no pods; '
+            "a seed image is ready when: elementalctl wait --for=condition=SeedImageReady seedimage/NAME"
+        )
     raise CtlError(f'the server doesn\'t have a resource type "{text}"')
 
 
