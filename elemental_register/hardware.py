@@ -514,7 +514,7 @@ def _storage(disks: list[dict[str, str]]) -> dict[str, Any]:
 def _pci_ids(root: Path) -> tuple[dict[str, str], dict[str, str]] | None:
     """Vendor and product names from the first pci.ids pcidb finds (jaypipes/pcidb context.go),
     None without one (pcidb fetches from the network only when asked to)."""
-    candidates = [Path.home() / ".cache/pci.ids"] + [
+    candidates = [Path(os.path.expanduser("~/.cache/pci.ids"))] + [
         root / d / f for f in ("pci.ids", "pci.ids.gz") for d in ("usr/share/hwdata", "usr/share/misc")
     ]
     for path in candidates:
