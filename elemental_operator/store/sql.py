@@ -654,28 +654,30 @@ def _pid_namespace() -> str:
 
 
 def lease_identity() -> str:
-    """``<host>-<pid>;pidns=<inode>;start=<ticks>``: enough to prove, on the same host, that
-    the holder process is gone (pid absent, or reused by a process that started later)."""
+    """``<host>-pidns<inode>-start<ticks>-<pid>``: enough to prove, on the same host, that the
+    holder process is gone (pid absent, or reused by a process that started later). Ends in
+    ``-<pid>`` like the plain ``<host>-<pid>`` identities before it."""
     pid = os.getpid()
-    return f"{socket.gethostname()}-{pid};pidns={_pid_namespace()};start={_proc_start_time(pid) or ''}"
+    return f"{socket.gethostname()}-pidns{_pid_namespace()}-start{_proc_start_time(pid) or ''}-{pid}"
 
 
 def holder_gone(holder: str) -> bool:
     """True only when ``holder`` (a ``lease_identity``) is provably dead: same host and pid
     namespace, and its pid is gone or now belongs to a process started at another time. Any
     doubt (another host, container, an identity of another format) is False: wait the TTL."""
-    head, *fields = holder.split(";")
-    attrs = dict(f.partition("=")[::2] for f in fields)
-    host, _, pid_text = head.rpartition("-")
-    if host != socket.gethostname() or not pid_text.isdigit() or "start" not in attrs:
+    parts = holder.rsplit("-", 3)
+    if len(parts) != 4:
         return False
-    if attrs.get("pidns") != _pid_namespace() or not attrs["start"]:
+    host, ns, start, pid_text = parts
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    if ns != f"pidns{_pid_namespace()}" or not start.startswith("start") or len(start) <= len("start"):
         return False
     pid = int(pid_text)
     if pid == os.getpid():
         return False
     now = _proc_start_time(pid)
-    return now is None or now != attrs["start"]
+    return now is None or now != start[len("start") :]
 
 
 def _hash_query(tpm_hash: str | None, machine_hash: str | None) -> sa.Select[Any] | None:
