@@ -867,3 +867,37 @@ def test_lines_from_elementals_e2e_tests(sh: Shell) -> None:
     assert sh.ok("elementalctl delete ManagedOSVersion --all --all-namespaces") == (
         'managedosversion.elemental.cattle.io "v1.0.0" deleted\n'
     )
+
+
+def test_apply_is_kubectls_three_way_apply(sh: Shell) -> None:
+    """What the last apply stated and the file no longer does goes; what others added stays."""
+    first = REGISTRATION.replace(
+        "  machineInventoryLabels:\n    element: fire\n",
+        "  machineInventoryLabels:\n    element: fire\n    zone: a\n",
+    )
+    first = first.replace(
+        "  namespace: fleet-default\n", "  namespace: fleet-default\n  labels: {team: edge, tier: one}\n"
+    )
+    assert sh.ok("elementalctl apply -f -", first).endswith(" created\n")
+    sh.ok("elementalctl label mr my-nodes added-by=label")
+    sh.ok("elementalctl wait mr/my-nodes --for=condition=Ready")
+    assert (
+        sh.ok("elementalctl apply -f -", first)
+        == "machineregistration.elemental.cattle.io/my-nodes unchanged\n"
+    )
+    second = first.replace("    zone: a\n", "").replace("{team: edge, tier: one}", "{tier: one}")
+    assert (
+        sh.ok("elementalctl apply -f -", second)
+        == "machineregistration.elemental.cattle.io/my-nodes configured\n"
+    )
+    reg = sh.op.ctx.store.get("MachineRegistration", NS, "my-nodes")
+    assert reg["spec"]["machineInventoryLabels"] == {"element": "fire"}  # dropped from the file: removed
+    assert reg["metadata"]["labels"] == {"tier": "one", "added-by": "label"}  # added by someone else: kept
+    assert reg["status"]["registrationURL"]  # status and the defaults stay
+    assert reg["spec"]["config"]["elemental"]["install"]["snapshotter"]["type"] == "loopdevice"
+    # an object that apply did not make: patched, nothing removed, and a one-line warning
+    sh.ok("elementalctl create -f mi.yaml")
+    rc, out, err = sh("elementalctl apply -f -", INVENTORY.replace("abc", "def"))
+    assert rc == 0 and out == "machineinventory.elemental.cattle.io/m1 configured\n"
+    assert err.count("\n") == 1 and "missing the kubectl.kubernetes.io/last-applied-configuration" in err
+    assert sh.op.ctx.store.get("MachineInventory", NS, "m1")["spec"]["tpmHash"] == "def"

@@ -30,15 +30,8 @@ from elemental_operator.ctl.client import Client, CtlError
 from elemental_operator.ctl.resources import Target, parse, qualified, ref, resolve_type
 
 # Server-owned metadata that a declarative apply keeps from the stored object.
-SERVER_OWNED = (
-    "uid",
-    "resourceVersion",
-    "creationTimestamp",
-    "generation",
-    "deletionTimestamp",
-    "ownerReferences",
-    "finalizers",
-)
+# What ``apply`` stores, as kubectl does, to know next time which fields the file stopped stating.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RETRIES = 10
 
 
@@ -193,13 +186,28 @@ def cmd_describe(args: argparse.Namespace, s: Session) -> int:
 # ---- apply / create -------------------------------------------------------------------------
 
 
-def _declared(cur: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
-    """Declarative replace of what the file states; server-owned metadata and status are kept."""
-    new = {k: v for k, v in cur.items() if k in ("apiVersion", "kind", "status")}
-    new.update({k: v for k, v in obj.items() if k not in ("metadata", "status")})
-    meta = obj.get("metadata") or {}
-    new["metadata"] = {**{k: cur["metadata"][k] for k in SERVER_OWNED if k in cur["metadata"]}, **meta}
-    return new
+def _three_way(last: Any, new: Any, cur: Any) -> Any:
+    """kubectl's client-side apply: the file's values over the stored object; keys the previous apply
+    stated and this file no longer does are removed; keys others added (labels from ``label``,
+    defaults, server-owned metadata, status) are kept. Lists are replaced, as in a JSON merge patch
+    (kubectl's patch type for custom resources)."""
+    if not (isinstance(new, dict) and isinstance(cur, dict)):
+        return copy.deepcopy(new)
+    last = last if isinstance(last, dict) else {}
+    out = {k: v for k, v in cur.items() if k in new or k not in last}
+    for key, value in new.items():
+        out[key] = _three_way(last.get(key), value, cur.get(key))
+    return out
+
+
+def _last_applied(obj: dict[str, Any]) -> Any:
+    text = ((obj.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None  # a hand-edited annotation: apply as if there were none
 
 
 def _check_locally(obj: dict[str, Any]) -> None:
@@ -227,6 +235,13 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
     name = meta.get("name")
     status = obj.pop("status", None)
     dry = args.dry_run != "none"
+    if not create_only:
+        applied = copy.deepcopy(obj)
+        annotations = applied["metadata"].get("annotations") or {}
+        annotations.pop(LAST_APPLIED, None)
+        if not annotations:
+            applied["metadata"].pop("annotations", None)
+        meta.setdefault("annotations", {})[LAST_APPLIED] = json.dumps(applied, separators=(",", ":"))
     if create_only or not name:
         if dry:
             _check_locally(obj)
@@ -253,11 +268,20 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
             if status is not None and info.has_status:
                 s.client.call("PUT", Client.item(info, ns, name) + "/status", {**out, "status": status})
             return f"{ref(info, name)} created"
-        new = _declared(cur, obj)
+        previous = _last_applied(cur)
+        if previous is None:
+            s.err.write(
+                f"Warning: {qualified(info)}/{name} is missing the {LAST_APPLIED} annotation "
+                "(it was not made by apply); it is patched now, nothing is removed\n"
+            )
+        new = _three_way(previous, obj, cur)
         if dry:
             _check_locally(new)
             changed = new != cur or (status is not None and status != cur.get("status"))
             return f"{ref(info, name)} {'configured' if changed else 'unchanged'}{_dry_suffix(args)}"
+        if new == cur:
+            out = cur
+            break
         try:
             out = s.client.call("PUT", Client.item(info, ns, name), new)
             break
