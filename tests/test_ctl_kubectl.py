@@ -894,6 +894,8 @@ def test_apply_is_kubectls_three_way_apply(sh: Shell) -> None:
     assert reg["spec"]["machineInventoryLabels"] == {"element": "fire"}  # dropped from the file: removed
     assert reg["metadata"]["labels"] == {"tier": "one", "added-by": "label"}  # added by someone else: kept
     assert reg["status"]["registrationURL"]  # status and the defaults stay
+    described = sh.ok("elementalctl describe mr my-nodes")
+    assert "last-applied-configuration" not in described and "Annotations:  <none>" in described
     assert reg["spec"]["config"]["elemental"]["install"]["snapshotter"]["type"] == "loopdevice"
     # an object that apply did not make: patched, nothing removed, and a one-line warning
     sh.ok("elementalctl create -f mi.yaml")

@@ -242,7 +242,8 @@ def describe(obj: dict[str, Any]) -> str:
         f"Created:      {meta.get('creationTimestamp', '')} ({age(meta.get('creationTimestamp'))} ago)",
     ]
     for key in ("labels", "annotations"):
-        values = meta.get(key) or {}
+        values = dict(meta.get(key) or {})
+        values.pop("kubectl.kubernetes.io/last-applied-configuration", None)  # as kubectl describe
         out.append(f"{key.capitalize() + ':':<14}" + ("<none>" if not values else ""))
         out += [f"  {k}={v}" for k, v in sorted(values.items())]
     if meta.get("finalizers"):
