@@ -366,3 +366,62 @@ def test_jsonpath_templates_as_kubectl_writes_them() -> None:
         jsonpath.render("{range .items[*]}[{range .status.conditions[*]}{.type}{end}]{end}", data)
         == "[Ready][]"
     )
+
+
+@pytest.mark.parametrize(
+    "spelling,kind",
+    [
+        ("mr", "MachineRegistration"),
+        ("MachineRegistration", "MachineRegistration"),
+        ("machineregistrations.elemental.cattle.io", "MachineRegistration"),
+        ("machineregistration.v1beta1.elemental.cattle.io", "MachineRegistration"),
+        ("mi", "MachineInventory"),
+        ("inventories", "MachineInventory"),
+        ("mis", "MachineInventorySelector"),
+        ("miselector", "MachineInventorySelector"),
+        ("mist", "MachineInventorySelectorTemplate"),
+        ("mos", "ManagedOSImage"),
+        ("managedosimage", "ManagedOSImage"),
+        ("mosv", "ManagedOSVersion"),
+        ("mosvc", "ManagedOSVersionChannel"),
+        ("si", "SeedImage"),
+        ("seedimages.elemental.cattle.io", "SeedImage"),
+        ("secrets", "Secret"),
+        ("secret.v1", "Secret"),
+        ("metadata", "Metadata"),
+    ],
+)
+def test_resource_spellings(spelling: str, kind: str) -> None:
+    from elemental_operator.ctl.resources import resolve_type
+
+    assert resolve_type(spelling).kind == kind
+
+
+def test_resource_arguments() -> None:
+    from elemental_operator.ctl.client import CtlError
+    from elemental_operator.ctl.resources import parse
+
+    def kinds_names(args: list[str]) -> list[tuple[str, list[str]]]:
+        return [(t.info.kind, t.names) for t in parse(args)]
+
+    assert kinds_names(["mr,mi"]) == [("MachineRegistration", []), ("MachineInventory", [])]
+    assert kinds_names(["mr", "a", "b"]) == [("MachineRegistration", ["a", "b"])]
+    assert kinds_names(["mr/a", "mi/b", "mr/c"]) == [
+        ("MachineRegistration", ["a", "c"]),
+        ("MachineInventory", ["b"]),
+    ]
+    assert [k for k, _ in kinds_names(["all"])] == [
+        "MachineRegistration",
+        "MachineInventory",
+        "MachineInventorySelector",
+        "MachineInventorySelectorTemplate",
+        "ManagedOSImage",
+        "ManagedOSVersion",
+        "ManagedOSVersionChannel",
+        "SeedImage",
+        "Metadata",
+    ]
+    assert kinds_names(["mr,mr,machineregistrations"]) == [("MachineRegistration", [])]
+    for bad in (["secrets.elemental.cattle.io"], ["mr.apps"], ["mr.v2.elemental.cattle.io"]):
+        with pytest.raises(CtlError, match="doesn't have a resource type"):
+            parse(bad)
