@@ -300,6 +300,21 @@ def decode_cloud_config(cloud_config: Any) -> dict[str, Any]:
     return out
 
 
+_PLACEHOLDER_UUIDS = frozenset({"", "unspecified", "none", "unknown"})
+
+
+def unusable_sys_uuid(value: str) -> bool:
+    """A ``sys-uuid`` identity that identifies nothing: empty, a placeholder ("Not Settable", "None",
+    "Unspecified", ghw's "unknown" for a machine without DMI), or all zeros / all ones, which SMBIOS
+    (DSP0134 7.2.1) uses for "not present". Upstream's client sends PLAINunknown without DMI, so every
+    such machine would be one inventory; both our client and our operator refuse these."""
+    v = value.strip().lower()
+    if v in _PLACEHOLDER_UUIDS or v.startswith("not "):
+        return True
+    digits = set(v.replace("-", ""))
+    return digits == {"0"} or digits == {"f"}
+
+
 # ---------------------------------------------------------------------------------------------
 # authorization header and TPM challenge
 

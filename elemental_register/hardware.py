@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from elemental_common import protocol as P
 from elemental_common.errors import Die
 from elemental_common.run import run as _run_tool
 from elemental_common.run import which
@@ -32,8 +33,6 @@ from elemental_common.run import which
 SMBIOS_TYPES = ("0", "1", "2", "3", "4", "11")
 _STOP_TITLES = {"OEM-specific Type", "End Of Table"}
 # placeholders for "no UUID": dmidecode's, and ghw's "unknown" for an unreadable product_uuid
-_BAD_UUIDS = {"", "unspecified", "none", "unknown"}
-
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
@@ -804,18 +803,6 @@ def lowest_mac(root: str | Path = "/") -> str:
     return min(macs)
 
 
-def unusable_uuid(value: str) -> bool:
-    """A system UUID that identifies nothing: empty, a placeholder ("Not Settable", "None",
-    "Unspecified", ghw's "unknown" for a machine without DMI), or all zeros / all ones, which
-    SMBIOS (DSP0134 7.2.1) uses for "not present". Upstream's client refuses only the first few
-    and sends PLAINunknown, so every machine without DMI would be one inventory."""
-    v = value.strip().lower()
-    if v in _BAD_UUIDS or v.startswith("not "):
-        return True
-    digits = v.replace("-", "")
-    return bool(digits) and (set(digits) == {"0"} or set(digits) == {"f"})
-
-
 def system_uuid(root: str | Path = "/", smbios: dict[str, Any] | None = None) -> str:
     """``sys-uuid`` auth id: the SMBIOS product UUID, refusing placeholder values."""
     value = ""
@@ -824,7 +811,7 @@ def system_uuid(root: str | Path = "/", smbios: dict[str, Any] | None = None) ->
         value = v if isinstance(v, str) else ""
     if not value:
         value = _dmi(Path(root), "product_uuid")
-    if unusable_uuid(value):
+    if P.unusable_sys_uuid(value):
         raise LookupError(
             f"no usable SMBIOS system UUID ({value!r}): sys-uuid needs a machine with a real DMI "
             "product UUID; use auth tpm or mac on this one"

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from elemental_common import protocol as P
 from elemental_register import hardware
 
 DATA = Path(__file__).parent / "data"
@@ -247,7 +248,7 @@ def test_no_dmi_no_system_uuid(tmp_path: Path) -> None:
     # A machine without /sys/class/dmi (like the one tests/data/hostinfo/this-vm was recorded on).
     with pytest.raises(LookupError, match="'unknown'"):
         hardware.system_uuid(tmp_path)
-    assert not hardware.unusable_uuid("5c0e6f1a-8b1d-4c7e-9a4e-2f3b1c0d9e71")
+    assert not P.unusable_sys_uuid("5c0e6f1a-8b1d-4c7e-9a4e-2f3b1c0d9e71")
 
 
 def test_uuid_seed_like_go() -> None:

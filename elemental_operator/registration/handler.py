@@ -511,10 +511,7 @@ async def _authenticate(
         if method not in ("mac", "sys-uuid"):
             raise RegistrationFailed("authentication failure")
         ident = auth.identifier.strip().lower()
-        digits = set(ident.replace("-", ""))  # empty, all zeros or all ones: SMBIOS's "not present"
-        placeholder = ident in ("unknown", "unspecified", "none") or ident.startswith("not ")
-        if method == "sys-uuid" and (placeholder or digits <= {"0"} or digits == {"f"}):
-            # Elemental's client sends "unknown" without DMI: all such machines would be one inventory.
+        if method == "sys-uuid" and P.unusable_sys_uuid(ident):
             raise RegistrationFailed(f"authentication failure: sys-uuid {ident!r} is not a machine's UUID")
         return _Identity(auth="plain", machine_hash=hashlib.sha256(auth.identifier.encode()).hexdigest())
 
