@@ -472,12 +472,17 @@ ERRORS = [
     (
         "elementalctl apply --dry-run=client -f -",
         f"apiVersion: {API}\nkind: MachineInventory\nmetadata: {{name: m}}\nspec: {{tpmHsh: x}}\n",
-        "Error from validation (dry run): spec.tpmHsh: unknown field (<stdin>: document 1, m)",
+        "Error from validation (dry run): spec.tpmHsh: unknown field (<stdin>: document 1, line 4, column 8, m)",
+    ),
+    (
+        "elementalctl apply --dry-run=client -f -",
+        f"apiVersion: v1\nkind: List\nitems:\n- apiVersion: {API}\n  kind: MachineInventory\n  metadata: {{name: m}}\n  spec: {{tpmHsh: x}}\n",
+        "Error from validation (dry run): spec.tpmHsh: unknown field (<stdin>: document 1, line 7, column 10, m)",
     ),
     (
         "elementalctl apply -f -",
         f"apiVersion: {API}\nkind: MachineInventory\nmetadata: {{name: m}}\nspec: {{tpmHsh: x}}\n",
-        "Error from server (Invalid): spec.tpmHsh: unknown field (<stdin>: document 1, m)",
+        "Error from server (Invalid): spec.tpmHsh: unknown field (<stdin>: document 1, line 4, column 8, m)",
     ),
     (
         "elementalctl delete mr",
@@ -903,3 +908,26 @@ def test_apply_is_kubectls_three_way_apply(sh: Shell) -> None:
     assert rc == 0 and out == "machineinventory.elemental.cattle.io/m1 configured\n"
     assert err.count("\n") == 1 and "missing the kubectl.kubernetes.io/last-applied-configuration" in err
     assert sh.op.ctx.store.get("MachineInventory", NS, "m1")["spec"]["tpmHash"] == "def"
+
+
+def test_schema_errors_point_into_the_file(sh: Shell, tmp_path: Path) -> None:
+    """A document the schemas refuse: the error names file, document, and the line and column of the
+    offending key (through lists and dotted label keys); the other documents still apply."""
+    (tmp_path / "multi.yaml").write_text(
+        REGISTRATION
+        + "---\n"
+        + REGISTRATION.replace("my-nodes", "bad-nodes").replace(
+            "        device: /dev/sda\n",
+            "        device-selector:\n        - key: Name\n          operator: In\n          valuez: [/dev/sda]\n",
+        )
+        + "---\n"
+        + INVENTORY.replace("  name: m1\n", "  name: m1\n  labels:\n    elemental.cattle.io/x: -bad-\n")
+    )
+    rc, out, err = sh("elementalctl apply -f multi.yaml")
+    assert rc == 1 and out == "machineregistration.elemental.cattle.io/my-nodes created\n"
+    assert err.splitlines() == [
+        "Error from server (Invalid): spec.config.elemental.install.device-selector[0].valuez: unknown field "
+        "(multi.yaml: document 2, line 30, column 11, bad-nodes)",
+        "Error from server (Invalid): metadata.labels.elemental.cattle.io/x: '-bad-' does not match "
+        "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$ (multi.yaml: document 3, line 41, column 5, m1)",
+    ]

@@ -4,6 +4,7 @@ from, so that every error names the file, the document and, for YAML, the line a
 from __future__ import annotations
 
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -20,15 +21,48 @@ from elemental_operator.ctl.client import CtlError
 SUFFIXES = (".yaml", ".yml", ".json")
 
 
+_SEGMENT = re.compile(r"\[\d+\]|[^.\[\]]+")
+
+
 @dataclass
 class Doc:
     source: str
     index: int  # 1-based position in its file
     obj: dict[str, Any]
+    node: yaml.Node | None = None  # the YAML node it was read from (None for JSON files)
 
     @property
     def where(self) -> str:
         return f"{self.source}: document {self.index}"
+
+    def position(self, path: str) -> str:
+        """ ", line L, column C" of the deepest key of a field path (``spec.a[0].b``) present in the
+        document, so that a schema error points into the file; "" when it cannot be placed."""
+        cur, mark = self.node, None
+        segments = _SEGMENT.findall(path)
+        i = 0
+        while cur is not None and i < len(segments):
+            seg = segments[i]
+            if seg.startswith("["):
+                items = cur.value if isinstance(cur, yaml.SequenceNode) else []
+                idx = int(seg[1:-1])
+                if idx >= len(items):
+                    break
+                cur, mark, i = items[idx], items[idx].start_mark, i + 1
+                continue
+            if not isinstance(cur, yaml.MappingNode):
+                break
+            keys = {str(k.value): (k, v) for k, v in cur.value if isinstance(k, yaml.ScalarNode)}
+            # a key may hold dots (label keys): the longest run of segments that names a key
+            for j in range(len(segments), i, -1):
+                name = ".".join(segments[i:j])
+                if "[" not in name and name in keys:
+                    key, cur = keys[name]
+                    mark, i = key.start_mark, j
+                    break
+            else:
+                break
+        return f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
     def kind_info(self) -> KindInfo:
         """The kind of this document, or an error naming file, document, kind and apiVersion."""
@@ -39,6 +73,13 @@ class Doc:
         if info is None or (api and api != info.api_version):
             raise CtlError(f'{self.where}: no matches for kind "{kind}" in version "{api}"')
         return info
+
+    def _items(self) -> list[yaml.Node]:
+        if isinstance(self.node, yaml.MappingNode):
+            for key, value in self.node.value:
+                if getattr(key, "value", None) == "items" and isinstance(value, yaml.SequenceNode):
+                    return list(value.value)
+        return []
 
     @property
     def name(self) -> str:
@@ -98,22 +139,34 @@ def parse_text(source: str, text: str) -> list[Doc]:
     docs: list[Doc] = []
     index = 0
     try:
+        nodes: list[yaml.Node | None]
         if source.endswith(".json"):
             loaded: Iterable[Any] = [json.loads(text)]
+            nodes = [None]
         else:
+            # The nodes keep each key's line and column, for errors found later by the schemas.
+            nodes = []
+            for composed in yaml.compose_all(text, Loader=yaml.SafeLoader):
+                nodes.append(composed)
+                index += 1  # while composing, for a syntax error's document number
+            index = 0
             loaded = yaml.safe_load_all(text)
         for doc in loaded:
+            node = nodes[index] if index < len(nodes) else None
             index += 1
             if doc is None:
                 continue
             if not isinstance(doc, dict):
                 raise CtlError(f"{source}: document {index}: expected a mapping, got {type(doc).__name__}")
             if str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
+                item_nodes = Doc(source, index, doc, node)._items()
                 docs += [
-                    Doc(source, index, item) for item in doc.get("items") or [] if isinstance(item, dict)
+                    Doc(source, index, item, item_nodes[n] if n < len(item_nodes) else None)
+                    for n, item in enumerate(doc["items"])
+                    if isinstance(item, dict)
                 ]
             else:
-                docs.append(Doc(source, index, doc))
+                docs.append(Doc(source, index, doc, node))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -30,6 +30,8 @@ from elemental_operator.ctl.client import Client, CtlError
 from elemental_operator.ctl.resources import Target, parse, qualified, ref, resolve_type
 
 # Server-owned metadata that a declarative apply keeps from the stored object.
+# "spec.a[0].b: unknown field" (api.ValidationError), as the server or the dry run words it.
+_FIELD_ERROR = re.compile(r"^(?:Error from [^:]*: )?([A-Za-z0-9_\-./\[\]]+): ")
 # What ``apply`` stores, as kubectl does, to know next time which fields the file stopped stating.
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RETRIES = 10
@@ -318,7 +320,9 @@ def cmd_apply(args: argparse.Namespace, s: Session, create_only: bool = False) -
         except CtlError as exc:
             msg = exc.message
             if not msg.startswith(doc.source):
-                msg = f"{msg} ({doc.where}{', ' + doc.name if doc.name else ''})"
+                field = _FIELD_ERROR.match(msg)
+                at = doc.position(field.group(1)) if field else ""
+                msg = f"{msg} ({doc.where}{at}{', ' + doc.name if doc.name else ''})"
             s.err.write(msg + "\n")
             rc = 1
     return rc
