@@ -931,3 +931,14 @@ def test_schema_errors_point_into_the_file(sh: Shell, tmp_path: Path) -> None:
         "Error from server (Invalid): metadata.labels.elemental.cattle.io/x: '-bad-' does not match "
         "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$ (multi.yaml: document 3, line 41, column 5, m1)",
     ]
+
+
+def test_watch_prints_objects_for_json_and_name(sh: Shell) -> None:
+    sh.ok("elementalctl apply -f mi.yaml")
+    out = sh.ok("elementalctl get mi m1 -w -o json --timeout=1s")  # the server ends the watch
+    first = json.loads(out[: out.index("\n}\n") + 2])
+    assert first["kind"] == "MachineInventory" and first["metadata"]["name"] == "m1"  # objects, not events
+    assert (
+        sh.ok("elementalctl watch mi -o name --timeout 1s").splitlines()[0]
+        == "machineinventory.elemental.cattle.io/m1"
+    )

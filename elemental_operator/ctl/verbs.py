@@ -154,8 +154,8 @@ def _watch(args: argparse.Namespace, s: Session, t: Target, ns: str | None, fmt:
         obj = ev["object"]
         if t.names and obj["metadata"]["name"] not in t.names:
             continue
-        if fmt.kind == "json":
-            s.out.write(json.dumps(ev, indent=4) + "\n")
+        if fmt.kind == "json":  # the objects, as kubectl -w -o json prints them
+            s.out.write(json.dumps(obj, indent=4) + "\n")
         elif fmt.kind == "yaml":
             s.out.write(yaml.safe_dump(obj, sort_keys=False) + "---\n")
         elif not fmt.tabular:
