@@ -12,12 +12,12 @@ BPO_PACKAGES=(
   mkosi systemd systemd-boot systemd-boot-efi systemd-container udev libudev1
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
 )
-# Packages from bookworm itself.
+# Packages from bookworm itself (zsh: elementalctl's zsh completion is tested for real).
 PACKAGES=(
   mtools dosfstools erofs-utils squashfs-tools xorriso cpio zstd pigz kmod
   tpm2-tools python3-pefile python3-installer python3-venv python3-dev libtss2-dev pkg-config
   dmidecode skopeo umoci fdisk gdisk e2fsprogs util-linux debian-archive-keyring
-  bubblewrap isolinux syslinux-common ca-certificates curl
+  bubblewrap isolinux syslinux-common ca-certificates curl zsh
   postgresql
 )
 

@@ -755,7 +755,6 @@ def test_bash_completion(operator: RunningOperator, tmp_path: Path) -> None:
     assert complete("config", "use-") == ["use-context"]
 
 
-@pytest.mark.allow_skip_in_ci("zsh is not a build dependency; the bash completion test always runs")
 def test_zsh_completion(operator: RunningOperator, tmp_path: Path) -> None:
     if subprocess.run(["sh", "-c", "command -v zsh"], capture_output=True).returncode != 0:
         pytest.skip("zsh is not installed")
