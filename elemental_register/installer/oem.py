@@ -8,14 +8,18 @@ agent files into /etc and /var at every boot (/etc is an ephemeral overlay on th
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from elemental_common.consts import AGENT_DIR
-from elemental_register.installer import durable
+from elemental_register.installer import durable, yip
+
+log = logging.getLogger("elemental.oem")
 
 AGENT_CONFIG = "/etc/rancher/elemental/agent/config.yaml"
 AGENT_ENVS = "/etc/rancher/elemental/agent/envs"
@@ -29,6 +33,11 @@ OEM_CLOUD_CONFIG = "elemental/cloud-config.yaml"
 OEM_SYSTEM_STATE = "elemental/system-state.json"
 OEM_RESET_MARK = "elemental/reset-requested"
 LIVE_STATE = "/tmp/registration/state.yaml"  # where the seed's register client keeps its state
+# Our extension: a directory laid over COS_OEM (elemental.oem-files); the toolkit interface points
+# it at where the before-install/before-reset hooks wrote the toolkit's OEM mount.
+OEM_FILES_KEY = "oem-files"
+# The yip stages Elemental's OS runs at boot from /oem; the register client's files use initramfs.
+ELEMENTAL_BOOT_STAGES = ("rootfs", "initramfs", "fs", "boot", "network")
 
 
 def agent_config() -> dict[str, Any]:
@@ -106,6 +115,75 @@ def oem_tree(oem: Path, config: dict[str, Any], state: dict[str, Any] | None) ->
     cc = config.get("cloud-config")
     if cc:
         write_file(oem / OEM_CLOUD_CONFIG, yaml.safe_dump(cc, sort_keys=False).encode(), 0o600)
+    files = el.get(OEM_FILES_KEY)
+    if files:
+        import_elemental(oem, Path(files))
+
+
+def elemental_target(oem: Path) -> yip.Target:
+    """Elemental's installed-system paths of the register client's files, onto our COS_OEM: its
+    OS writes them at every boot from /oem/*.yaml (yip), ours copies them from COS_OEM
+    (`elemental setup`). /oem/registration/{config,state}.yaml are the same paths in both."""
+    agent = oem / OEM_AGENT
+    return yip.Target(
+        remap={
+            "/oem": oem,
+            os.path.dirname(AGENT_CONFIG): agent,  # config.yaml, envs
+            CONNECTION: agent / os.path.basename(CONNECTION),
+        },
+        confined=True,  # anything else would land on the live system, not the installed one
+        run_commands=False,  # they would run on the seed, not at the installed system's boot
+        # at install (or reset) the installed system has not booted yet: its first boot would
+        # find none of the files the conditions test ("[ ! -f /oem/registration/config.yaml ]")
+        assume_if=True,
+    )
+
+
+def import_elemental(oem: Path, files: Path) -> yip.Report:
+    """Lay `files` (what Elemental's hooks wrote into the toolkit's OEM mount) into COS_OEM and
+    map them onto ours: the yip files' boot stages write the registration config and state and
+    the system-agent files where our OS reads them; a cloud-config joins elemental/cloud-config.yaml.
+    The files themselves are kept too, under their own names."""
+    report = yip.Report()
+    if not files.is_dir():
+        return report
+    for item in files.iterdir():  # children only: the root keeps COS_OEM's own mode
+        if item.is_dir() and not item.is_symlink():
+            shutil.copytree(item, oem / item.name, symlinks=True, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, oem / item.name, follow_symlinks=False)
+    target = elemental_target(oem)
+    for f in sorted(p for p in files.iterdir() if p.is_file() and p.suffix in yip.YAML_SUFFIXES):
+        try:
+            doc = yip.load(f)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            log.warning("%s: not a yip file or cloud-config, kept as is: %s", f.name, e)
+            continue
+        if "stages" in doc:
+            for stage in ELEMENTAL_BOOT_STAGES:
+                yip.run_config(doc, stage, target, report, source=f.name)
+            other = set(doc["stages"] or {}) - set(ELEMENTAL_BOOT_STAGES)
+            if other:
+                log.info("%s: stages %s are not boot stages, not mapped", f.name, sorted(other))
+        elif doc:
+            _merge_cloud_config(oem / OEM_CLOUD_CONFIG, doc)
+            report.done.append(f"cloud-config {f.name} -> {OEM_CLOUD_CONFIG}")
+    for line in report.done:
+        log.info("OEM: %s", line)
+    return report
+
+
+def _merge_cloud_config(path: Path, doc: dict[str, Any]) -> None:
+    """Later files add to lists (users, write_files, runcmd) and replace scalars."""
+    cc: dict[str, Any] = {}
+    if path.is_file():
+        cc = yaml.safe_load(path.read_text()) or {}
+    for k, v in doc.items():
+        if isinstance(v, list) and isinstance(cc.get(k), list):
+            cc[k] = cc[k] + v
+        else:
+            cc[k] = v
+    write_file(path, yaml.safe_dump(cc, sort_keys=False).encode(), 0o600)
 
 
 def load_system_state(oem: Path) -> dict[str, Any]:
