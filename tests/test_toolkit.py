@@ -171,6 +171,8 @@ def test_cli_flags_as_pflag(monkeypatch: pytest.MonkeyPatch) -> None:
     # `--poweroff /dev/sda`: the flag and the device; --reboot=false beats ELEMENTAL_REBOOT
     assert plan.section == {"device": "/dev/sda", "poweroff": True, "reboot": False}
     assert plan.cloud_init_paths == ["/a", "/b", "/c"]
+    args = parse(["upgrade", "--system", "docker:r/os:2", "--recovery"])
+    assert _plan(args).section == {"system": "docker://r/os:2", "recovery": True, "reboot": True}
     args = parse(["reset", "--reset-oem", "--reset-persistent=false", "--force"])
     assert args.force is True
     assert _plan(args).section == {"reset-oem": True, "reset-persistent": False, "reboot": True}

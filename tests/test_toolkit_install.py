@@ -113,6 +113,39 @@ def test_install_from_the_toolkit_environment(tmp_path: Path, image: str) -> Non
             assert (root / "etc/hostname").read_text().strip() == "edge-go"
 
 
+def test_install_after_hooks_see_the_new_partitions(tmp_path: Path, image: str) -> None:
+    """after-install and post-install run with COS_OEM and COS_PERSISTENT where the toolkit
+    mounts them; a chroot hook is said not to run; with --strict a failing hook fails."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "after.yaml").write_text(yaml.safe_dump({"stages": {
+        "after-install-chroot": [{"commands": ["touch /etc/never"]}],
+        "after-install": [{
+            "files": [{"path": "/run/elemental/oem/from-after.txt", "content": "a", "permissions": 0o600}],
+            "directories": [{"path": "/run/elemental/persistent/lib/hooked", "permissions": 0o750}],
+        }],
+        "post-install": [{"files": [{"path": "/run/elemental/efi/x", "content": "skipped"}]}],
+    }}))
+    with loop_disk(tmp_path / "disk.raw", 6 * GiB) as dev:
+        env = go_env("go-install.env", tmp_path, TARGET=dev, SYSTEM=image, CLOUD_INIT=str(hooks))
+        env["ELEMENTAL_REBOOT"] = "false"
+        proc = elemental(["install"], env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "after-install-chroot hook: not run" in proc.stderr
+        assert not (tmp_path / "power").exists()
+        nodes = {p["name"]: p["node"] for p in disk.read_table(dev)}
+        with mounted(nodes["COS_OEM"], tmp_path / "oem") as o:
+            assert (o / "from-after.txt").read_text() == "a"
+        with mounted(nodes["COS_PERSISTENT"], tmp_path / "p") as p:
+            assert (p / "lib/hooked").stat().st_mode & 0o777 == 0o750
+        assert not Path("/run/elemental/efi/x").exists()
+        failing = {"stages": {"post-install": [{"commands": ["exit 7"]}]}}
+        (hooks / "after.yaml").write_text(yaml.safe_dump(failing))
+        assert elemental(["install"], env).returncode == 0  # not strict: logged
+        proc = elemental(["install", "--strict"], env)
+        assert proc.returncode != 0 and "post-install hook failed" in proc.stderr
+
+
 def _installed(tmp_path: Path, image: str) -> Path:
     raw = tmp_path / "disk.raw"
     old = {

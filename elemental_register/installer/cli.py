@@ -16,6 +16,7 @@ import yaml
 
 from elemental_common.errors import die, entry_point
 from elemental_common.log import setup_logging
+from elemental_common.run import run
 from elemental_register.installer import (
     bless,
     build_disk,
@@ -118,8 +119,6 @@ def _power_later(section: dict[str, Any], default_reboot: bool = False) -> dict[
 def _mounted_partitions(device: str) -> Iterator[dict[str, Path]]:
     """COS_OEM and COS_PERSISTENT of a freshly installed disk, where the toolkit mounts them for
     its after-install hooks; the others (ESP, slots) are not mounted (see TOOLKIT_MOUNTS)."""
-    from elemental_common.run import run
-
     nodes = {p.get("name"): p["node"] for p in disk.read_table(device)}
     with tempfile.TemporaryDirectory(prefix="elemental-hook-") as tmp, contextlib.ExitStack() as stack:
         remap: dict[str, Path] = {}

@@ -395,7 +395,7 @@ def resolve(
         before = len(plan.notes)
         s.effect(plan, value)
         for i in range(before, len(plan.notes)):
-            plan.notes[i] = f"{src}={value!r}: {plan.notes[i]}"
+            plan.notes[i] = f"{src}={raw!r}: {plan.notes[i]}"
     if plan.section.get("reboot") and plan.section.get("poweroff"):
         die("'reboot' and 'poweroff' are mutually exclusive options", "set only one of them")
     prefix = f"ELEMENTAL_{cmd.upper()}_"
