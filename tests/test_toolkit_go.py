@@ -67,7 +67,8 @@ def live_files() -> Iterator[None]:
     for p in (LIVE_CONFIG, LIVE_STATE, HOOK):
         if p.exists():
             pytest.skip(f"{p} exists: not touching a live system's files")
-    made = [d for d in (LIVE_CONFIG.parent, LIVE_STATE.parent, HOOK.parent) if not d.exists()]
+    dirs = (LIVE_CONFIG.parent, LIVE_STATE.parent, HOOK.parent.parent, HOOK.parent)
+    made = [d for d in dirs if not d.exists()]
     LIVE_CONFIG.parent.mkdir(parents=True, exist_ok=True)
     try:
         yield
