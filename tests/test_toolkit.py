@@ -65,6 +65,14 @@ def test_unset_settings_are_absent_and_empty_variables_unset(tmp_path: Path) -> 
     assert resolve("install", {}, {"ELEMENTAL_INSTALL_SYSTEM": ""}, cfg).section["system-uri"] == "dir:/file"
 
 
+def test_config_file_places_as_the_toolkit(tmp_path: Path) -> None:
+    """Run settings and the toolkit's Config fields at the top, a command's under its name."""
+    cfg = write_config(tmp_path / "etc", {"target": "/dev/top", "cosign": True, "poweroff": True,
+                                          "install": {"reboot": True}})
+    plan = resolve("install", config_dir=cfg)
+    assert plan.section == {"poweroff": True} and plan.values == {"poweroff": True, "cosign": True}
+
+
 def test_config_d_overrides_config_yaml(tmp_path: Path) -> None:
     cfg = write_config(
         tmp_path / "etc",

@@ -141,7 +141,7 @@ class Setting:
     effect: Effect
     here: str  # what it does here, for the docs
     env: str | None = None
-    run: bool = False  # a run setting: ELEMENTAL_<ENV>, top of the config file
+    run: bool = False  # the toolkit's RunConfig/Config: ELEMENTAL_<ENV>, top of the config file
     flag: bool = True
     short: str | None = None
     env_commands: tuple[str, ...] | None = None  # when only some of the commands bind `env`
@@ -251,25 +251,26 @@ SETTINGS: tuple[Setting, ...] = (
         no_effect("the upgrade writes the new slot's kernel, initrd and entry; systemd-boot stays"),
         "accepted, logged: entries are always written",
     ),
-    # flags of the toolkit's Config, no environment binding
+    # deprecated source flags, turned into `system`
     Setting("docker-image", ALL, "str", _docker_image, "deprecated: `--system docker:<image>`", short="-d"),
     Setting("directory", ALL, "str", _directory, "deprecated: `--system dir:<path>`"),
+    # the toolkit's Config (top of the config file), flags only
     Setting("verify", ALL, "bool", no_effect("no mtree manifests; layers are checked by digest"),
-            "accepted, logged: layer digests are always checked"),
+            "accepted, logged: layer digests are always checked", run=True),
     Setting("tls-verify", ALL, "bool", no_effect("registry TLS is skopeo's or the system's policy"),
-            "accepted, logged"),
-    Setting("cosign", ALL, "bool", no_effect("no cosign verification"), "accepted, logged"),
-    Setting("cosign-key", ALL, "str", no_effect("no cosign verification"), "accepted, logged"),
+            "accepted, logged", run=True),
+    Setting("cosign", ALL, "bool", no_effect("no cosign verification"), "accepted, logged", run=True),
+    Setting("cosign-key", ALL, "str", no_effect("no cosign verification"), "accepted, logged", run=True),
     Setting("local", IU, "bool", no_effect("images come from the seed's layout or a registry"),
-            "accepted, logged"),
+            "accepted, logged", run=True),
     Setting("squash-compression", IU, "list", no_effect("erofs slots: install.compression"),
-            "accepted, logged: erofs, not squashfs", short="-x"),
+            "accepted, logged: erofs, not squashfs", short="-x", run=True),
     Setting("squash-no-compression", IU, "bool", no_effect("erofs slots: install.compression"),
-            "accepted, logged"),
+            "accepted, logged", run=True),
     Setting("platform", ("install",), "str", no_effect("the image's own platform is installed"),
-            "accepted, logged"),
+            "accepted, logged", run=True),
     Setting("arch", ("install",), "str", no_effect("the image's own platform is installed"),
-            "accepted, logged (deprecated there too)"),
+            "accepted, logged (deprecated there too)", run=True),
 )
 
 # root flags of the toolkit (no environment binding there either)
@@ -384,8 +385,6 @@ def resolve(
             raw, src = environ[env], env
         else:
             val = _lookup(data if s.run else section, s.key)
-            if val is None and not s.run:
-                val = _lookup(data, s.key)  # the toolkit's Config fields sit at the top too
             if val is not None:
                 raw, src = val, f"{' '.join(files)}: {s.key if s.run else f'{cmd}.{s.key}'}"
         if raw is None:
