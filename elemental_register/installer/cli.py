@@ -124,7 +124,7 @@ def _mounted_partitions(device: str) -> Iterator[dict[str, Path]]:
         remap: dict[str, Path] = {}
         for label, where in (
             (disk.LABEL_OEM, toolkit.TOOLKIT_OEM_MOUNT),
-            ("COS_PERSISTENT", toolkit.TOOLKIT_PERSISTENT_MOUNT),
+            (disk.LABEL_PERSISTENT, toolkit.TOOLKIT_PERSISTENT_MOUNT),
         ):
             if label not in nodes:
                 continue
