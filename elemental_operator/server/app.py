@@ -28,6 +28,7 @@ from elemental_operator.controllers.base import (
     set_condition,
 )
 from elemental_operator.controllers.seedimage import artifact_path, valid_artifact_ref
+from elemental_operator.server import k8s_api
 from elemental_operator.server.guard import Guard
 from elemental_operator.server.wsmask import require_masked_frames
 from elemental_operator.store.base import (
@@ -590,6 +591,9 @@ def make_app(
             web.put(admin + "/namespaces/{namespace}/{plural}/{name}", admin_update),
             web.put(admin + "/namespaces/{namespace}/{plural}/{name}/status", admin_update),
             web.delete(admin + "/namespaces/{namespace}/{plural}/{name}", admin_delete),
+            # install progress beside the Secret API, for a system-agent url of <url>/k8s/clusters/local
+            web.post(k8s_api.PREFIX + "/elemental/agent/v1/progress", agent_progress),
+            *k8s_api.routes(CTX_KEY),  # rancher-system-agent's plan Secret API
             web.route("*", "/elemental/{api}/{tail:.*}", unknown_api),
         ]
     )

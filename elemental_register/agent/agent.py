@@ -28,6 +28,7 @@ from elemental_common.pe import parse_os_release
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.client import OperatorClient, OperatorError
 from elemental_register.agent.config import AgentConfig, Connection
+from elemental_register.agent.k8s import KubeConnection, SecretClient, is_kube_connection
 from elemental_register.installer import boot, durable, oem, system, upgrade
 
 log = logging.getLogger("elemental.agent")
@@ -65,7 +66,7 @@ class Agent:
     def __init__(
         self,
         cfg: AgentConfig,
-        client: OperatorClient,
+        client: OperatorClient | SecretClient,
         *,
         root: Path = Path("/"),
         oem_dir: Path = Path("/oem"),
@@ -307,14 +308,32 @@ class Agent:
         sd_notify("READY=1")
         while True:
             delay = self.step()
-            time.sleep(max(delay, 1.0))
+            self.wait(max(delay, 1.0))
+
+    def wait(self, delay: float) -> None:
+        """Until the next poll; through the Secret API, until the plan Secret changes (a watch,
+        as rancher-system-agent), at most ``delay`` seconds."""
+        if not isinstance(self.client, SecretClient):
+            time.sleep(delay)
+            return
+        started = self.now()
+        try:
+            if self.client.wait_for_change(delay):
+                return
+        except OperatorError as e:
+            log.warning("cannot watch the plan secret: %s", e)
+        # a watch refused, broken or ended early by the server must not become a busy loop
+        time.sleep(max(delay - (self.now() - started), 0))
 
 
-def wait_for_connection(cfg: AgentConfig) -> Connection:
-    """The connection file may arrive later (unmanaged hosts register after boot)."""
+def wait_for_connection(cfg: AgentConfig) -> Connection | KubeConnection:
+    """The connection file may arrive later (unmanaged hosts register after boot). Ours has a
+    url; rancher-system-agent's ``{kubeConfig, namespace, secretName}`` is read as that."""
     notified = False
     while True:
         if cfg.connection_info_file.exists():
+            if is_kube_connection(cfg.connection_info_file):
+                return KubeConnection.load(cfg.connection_info_file)
             return Connection.load(cfg.connection_info_file)
         if not notified:
             sd_notify("READY=1\nSTATUS=waiting for " + str(cfg.connection_info_file))

@@ -11,6 +11,7 @@ from elemental_common.log import setup_logging
 from elemental_register.agent.agent import Agent, wait_for_config, wait_for_connection
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig
+from elemental_register.agent.k8s import KubeConnection, SecretClient
 
 
 @entry_point("elemental-system-agent")
@@ -37,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     wait_for_config(cfg_path)
     cfg = AgentConfig.load(cfg_path)
     conn = wait_for_connection(cfg)
-    agent = Agent(cfg, OperatorClient(conn, strict=cfg.strict_verify))
+    client: OperatorClient | SecretClient
+    if isinstance(conn, KubeConnection):
+        client = SecretClient(conn, strict=cfg.strict_verify)
+    else:
+        client = OperatorClient(conn, strict=cfg.strict_verify)
+    agent = Agent(cfg, client)
     if args.once:
         agent.step()
         return 0 if not agent.state.failed_checksum else 1
