@@ -81,7 +81,9 @@ def _kubeconfig(server: str, token: str) -> str:
     return text.replace("token: TOKEN", f"token: {token}")
 
 
-def _write_files(root: Path, op: RunningOperator, inv: dict[str, Any], token: str | None = None) -> Path:
+def _write_files(
+    root: Path, op: RunningOperator, inv: dict[str, Any], token: str | None = None, server: str = ""
+) -> Path:
     """rancher-system-agent's config.yaml and elemental_connection.json under ``root``."""
     conf_dir, state_dir = root / "etc/rancher/elemental/agent", root / "var/lib/elemental/agent"
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +92,7 @@ def _write_files(root: Path, op: RunningOperator, inv: dict[str, Any], token: st
     conn.write_text(
         json.dumps(
             {
-                "kubeConfig": _kubeconfig(op.url + CLUSTER, token or op.ctx.agent_token(inv)),
+                "kubeConfig": _kubeconfig(server or op.url + CLUSTER, token or op.ctx.agent_token(inv)),
                 "namespace": inv["metadata"]["namespace"],
                 "secretName": inv["metadata"]["name"],
             }
@@ -142,7 +144,11 @@ def _http(
         with urllib.request.urlopen(req, timeout=20) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw or b"null")
+        except ValueError:
+            return e.code, raw.decode(errors="replace")  # the server's own text answers
 
 
 def _secrets_url(op: RunningOperator, ns: str = NS, name: str = "", **query: str) -> str:
@@ -342,6 +348,43 @@ def test_cli_once_with_system_agent_files(tmp_path: Path, operator: RunningOpera
     assert agent_cli.main(["--once", "--config", str(cfg)]) == 0
     sec = operator.ctx.store.get("Secret", NS, "m1")
     assert _data(sec, "applied-checksum").decode() == planlib.checksum(b"{}")
+
+
+def test_go_register_client_files_with_todays_config(tmp_path: Path, operator: RunningOperator) -> None:
+    """Our Config still says system-agent.url = <url>: Elemental's register client then writes a
+    kubeconfig with the bare URL as server. The Secret API answers there too."""
+    inv = _inventory(operator, "m1")
+    cfg = AgentConfig.load(_write_files(tmp_path, operator, inv, server=operator.url))
+    conn = wait_for_connection(cfg)
+    assert isinstance(conn, KubeConnection) and conn.operator_url == operator.url
+    agent = Agent(cfg, SecretClient(conn), root=tmp_path, oem_dir=tmp_path / "oem", managed=False)
+    marker = tmp_path / "ran"
+    cs = _set_plan(operator, "m1", _touch_plan(marker))
+    agent.step()
+    assert marker.exists()
+    sec = operator.ctx.store.get("Secret", NS, "m1")
+    assert _data(sec, "applied-checksum").decode() == cs
+    assert _go_output(_data(sec, "applied-output")) == {"touch": "ok\n"}
+    assert isinstance(agent.client, SecretClient)
+    agent.client.post_progress("installing", 10)
+    wait_for(
+        lambda: (
+            "installing: 10%"
+            in str(
+                (
+                    get_condition(operator.ctx.store.get("MachineInventory", NS, "m1"), "InstallProgress")
+                    or {}
+                ).get("message")
+            )
+        )
+    )
+    # the root has no catch-all: paths outside the API keep the server's usual answers
+    code, _ = _http("GET", operator.url + "/nothing-here", operator.ctx.agent_token(inv))
+    assert code == 404
+    code, body = _http(
+        "GET", operator.url + "/api/v1/namespaces/fleet-default/secrets/m2", operator.ctx.agent_token(inv)
+    )
+    assert code == 403 and _is_status(body, 403, "Forbidden")
 
 
 # ---- who may read and write what -------------------------------------------------------------

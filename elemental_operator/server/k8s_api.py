@@ -400,16 +400,24 @@ def routes(ctx_key: web.AppKey[OperatorContext]) -> list[web.RouteDef]:
             return _forbidden(inv, verb, ns, request.match_info.get("name", ""))
         return status(404, "NotFound", "the server could not find the requested resource")
 
-    secret_path = PREFIX + "/api/v1/namespaces/{namespace}/secrets"
-    return [
-        web.get(PREFIX + "/version", authenticated(version)),
-        web.get(PREFIX + "/api", authenticated(api_versions)),
-        web.get(PREFIX + "/apis", authenticated(api_groups)),
-        web.get(PREFIX + "/api/v1", authenticated(api_v1)),
-        web.get(secret_path, authenticated(list_secrets)),
-        web.get(secret_path + "/{name}", authenticated(get_secret)),
-        web.put(secret_path + "/{name}", authenticated(update_secret)),
-        web.route("*", PREFIX + "/api/v1/namespaces/{namespace}/{resource}", authenticated(refused)),
-        web.route("*", PREFIX + "/api/v1/namespaces/{namespace}/{resource}/{name}", authenticated(refused)),
-        web.route("*", PREFIX + "/{tail:.*}", authenticated(refused)),
-    ]
+    def api(prefix: str) -> list[web.RouteDef]:
+        secret_path = prefix + "/api/v1/namespaces/{namespace}/secrets"
+        return [
+            web.get(prefix + "/version", authenticated(version)),
+            web.get(prefix + "/api", authenticated(api_versions)),
+            web.get(prefix + "/apis", authenticated(api_groups)),
+            web.get(prefix + "/api/v1", authenticated(api_v1)),
+            web.get(secret_path, authenticated(list_secrets)),
+            web.get(secret_path + "/{name}", authenticated(get_secret)),
+            web.put(secret_path + "/{name}", authenticated(update_secret)),
+            web.route("*", prefix + "/api/v1/namespaces/{namespace}/{resource}", authenticated(refused)),
+            web.route(
+                "*", prefix + "/api/v1/namespaces/{namespace}/{resource}/{name}", authenticated(refused)
+            ),
+        ]
+
+    # Under /k8s/clusters/local as upstream's Config names it; and at the root too, because our
+    # Config still sends system-agent.url = <url>, so Elemental's register client writes a
+    # kubeconfig whose server is the bare URL. No catch-all at the root: other paths keep their
+    # answers.
+    return [*api(PREFIX), web.route("*", PREFIX + "/{tail:.*}", authenticated(refused)), *api("")]

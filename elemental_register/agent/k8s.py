@@ -115,9 +115,10 @@ class KubeConnection:
 
     @property
     def operator_url(self) -> str:
-        """The operator's base URL (the kubeconfig server without /k8s/clusters/local), for the
-        install-progress endpoint, which has no Kubernetes shape."""
-        return self.server[: -len(CLUSTER_PATH)] if self.server.endswith(CLUSTER_PATH) else ""
+        """The operator's base URL (the kubeconfig server without /k8s/clusters/local: our
+        operator serves the Secret API at both), for the install-progress endpoint, which has
+        no Kubernetes shape."""
+        return self.server[: -len(CLUSTER_PATH)] if self.server.endswith(CLUSTER_PATH) else self.server
 
 
 # ---- rancher-system-agent's encodings of its Secret keys --------------------------------------
@@ -327,10 +328,7 @@ class SecretClient:
     def post_progress(self, stage: str, percent: int, message: str = "") -> None:
         """Install progress has no Kubernetes shape: it goes to the operator's progress endpoint
         (beside the cluster path) with the same token, to the InstallProgress condition."""
-        base = self.conn.operator_url
-        if not base:
-            raise OperatorError(f"progress: {self.conn.server} is not an operator's {CLUSTER_PATH}")
-        url = base + "/elemental/agent/v1/progress"
+        url = self.conn.operator_url + "/elemental/agent/v1/progress"
         try:
             with self._open(
                 url, "POST", {"stage": stage, "percent": percent, "message": message}, self.timeout
