@@ -13,6 +13,7 @@ import gzip
 import json
 import re
 import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -33,7 +34,7 @@ from operator_fixtures import (  # noqa: F401
 
 from elemental_operator.api import API_VERSION
 from elemental_operator.controllers.base import condition_true, encode_plan, get_condition
-from elemental_operator.server import k8s_api
+from elemental_operator.server import k8s_api, tls
 from elemental_register.agent import cli as agent_cli
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent, wait_for_connection
@@ -385,6 +386,57 @@ def test_go_register_client_files_with_todays_config(tmp_path: Path, operator: R
         "GET", operator.url + "/api/v1/namespaces/fleet-default/secrets/m2", operator.ctx.agent_token(inv)
     )
     assert code == 403 and _is_status(body, 403, "Forbidden")
+
+
+def _tls_site(op: RunningOperator, d: Path) -> tuple[str, str]:
+    """The same running operator also on HTTPS (a certificate from a fresh CA); (url, CA PEM)."""
+    import asyncio
+    import ssl
+
+    from aiohttp import web
+
+    ca_pem, ca_key = tls.make_ca("k8s-api-test-ca")
+    cert, key = tls.make_server_cert(ca_pem, ca_key, ["localhost", "127.0.0.1"])
+    (d / "tls.crt").write_bytes(cert + ca_pem)
+    (d / "tls.key").write_bytes(key)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    site = web.TCPSite(op.runner, "127.0.0.1", port, ssl_context=ctx)
+    asyncio.run_coroutine_threadsafe(site.start(), op.loop).result(10)
+    return f"https://localhost:{port}", ca_pem.decode()
+
+
+def test_kubeconfig_ca_and_strict_tls(tmp_path: Path, operator: RunningOperator) -> None:
+    inv = _inventory(operator, "m1")
+    url, ca_pem = _tls_site(operator, tmp_path)
+    root = tmp_path / "root"
+    cfg = AgentConfig.load(_write_files(root, operator, inv, server=url + CLUSTER))
+    conn_file = cfg.connection_info_file
+    d = json.loads(conn_file.read_text())
+    ca_line = "    certificate-authority-data: " + base64.b64encode(ca_pem.encode()).decode()
+    d["kubeConfig"] = d["kubeConfig"].replace("    server:", ca_line + "\n    server:")
+    conn_file.write_text(json.dumps(d))
+    conn = wait_for_connection(cfg)
+    assert isinstance(conn, KubeConnection) and conn.ca_cert == ca_pem
+    agent = Agent(cfg, SecretClient(conn, strict=True), root=root, oem_dir=root / "oem", managed=False)
+    marker = tmp_path / "ran"
+    cs = _set_plan(operator, "m1", _touch_plan(marker))
+    agent.step()
+    assert marker.exists()
+    assert _data(operator.ctx.store.get("Secret", NS, "m1"), "applied-checksum").decode() == cs
+    assert isinstance(agent.client, SecretClient) and agent.client.wait_for_change(1) is False
+
+    # another CA in the kubeconfig: with strict verify the agent refuses the server
+    other_ca, _ = tls.make_ca("other")
+    strict = SecretClient(
+        KubeConnection(conn.server, conn.token, other_ca.decode(), conn.namespace, conn.secret_name),
+        strict=True,
+    )
+    with pytest.raises(OperatorError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        strict.get_plan()
 
 
 # ---- who may read and write what -------------------------------------------------------------
