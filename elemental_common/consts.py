@@ -39,6 +39,28 @@ MACHINEINVENTORY_FINALIZER = f"machineinventory.{GROUP}"
 MACHINEREGISTRATION_FINALIZER = f"machineregistration.{GROUP}"
 MANAGEDOSVERSION_FINALIZER = f"managedosversion.{GROUP}"
 
+# ------------------------------------------------------------------------------- plan Secret
+# Data keys of a plan Secret that the machine's agent writes (rancher-system-agent pkg/k8splan constants and
+# rancher/rancher pkg/plan's plan-state keys, plus our agent's os-version). Every other key
+# (plan, max-failures, probe-period-seconds, ...) is the operator's: an update may carry it back
+# unchanged but not change it, or a machine could hand itself a plan.
+PLAN_SECRET_AGENT_KEYS = frozenset(
+    {
+        "applied-checksum",
+        "applied-output",
+        "applied-periodic-output",
+        "failed-checksum",
+        "failed-output",
+        "failure-count",
+        "success-count",
+        "last-apply-time",
+        "probe-statuses",
+        "plan-state",
+        "plan-revision",
+        "os-version",
+    }
+)
+
 # ------------------------------------------------------------------------------- machine paths
 # The operator's reset plan for an unmanaged host writes this file; the host's own tooling acts on it.
 UNMANAGED_RESET_MARKER = "/var/lib/elemental/.unmanaged_reset"

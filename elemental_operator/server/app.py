@@ -19,7 +19,11 @@ import yaml
 from aiohttp import WSMsgType, web
 
 from elemental_common import protocol as P
-from elemental_common.consts import PLAN_TYPE_ANNOTATION, SEEDIMAGE_ARTIFACT_ANNOTATION
+from elemental_common.consts import (
+    PLAN_SECRET_AGENT_KEYS,
+    PLAN_TYPE_ANNOTATION,
+    SEEDIMAGE_ARTIFACT_ANNOTATION,
+)
 from elemental_operator.api import KindInfo, ValidationError, kinds
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
@@ -51,21 +55,6 @@ STATE_KEY = web.AppKey("state_dir", Path)
 # of annotations plus spec fits many times over. Bigger is 413 (aiohttp's client_max_size).
 MAX_BODY = 4 << 20
 
-# Keys the agent may write into its plan Secret (rancher-system-agent's, plus our os-version).
-AGENT_STATUS_KEYS = frozenset(
-    {
-        "applied-checksum",
-        "applied-output",
-        "applied-periodic-output",
-        "failed-checksum",
-        "failed-output",
-        "failure-count",
-        "success-count",
-        "last-apply-time",
-        "probe-statuses",
-        "os-version",
-    }
-)
 
 
 async def _run(fn: Callable[..., T], *args: Any) -> T:
@@ -256,7 +245,7 @@ async def agent_plan_status(request: web.Request) -> web.Response:
         return _status(400, "BadRequest", "body must be JSON")
     if not isinstance(body, dict):
         return _status(400, "BadRequest", "body must be a JSON object")
-    unknown = sorted(set(body) - AGENT_STATUS_KEYS)
+    unknown = sorted(set(body) - PLAN_SECRET_AGENT_KEYS)
     if unknown:
         return _status(422, "Invalid", f"unknown keys: {', '.join(unknown)}")
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items() if v is not None}

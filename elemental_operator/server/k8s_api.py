@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from elemental_common.consts import PLAN_SECRET_AGENT_KEYS
 from elemental_operator.context import OperatorContext
 from elemental_operator.store.base import Conflict, NotFound, Resource, StoreError
 
@@ -28,26 +29,8 @@ log = logging.getLogger("elemental_operator.server.k8s")
 
 PREFIX = "/k8s/clusters/local"
 
-# Data keys the machine's agent writes (rancher-system-agent pkg/k8splan constants and
-# rancher/rancher pkg/plan's plan-state keys, plus our agent's os-version). Every other key
-# (plan, max-failures, probe-period-seconds, ...) is the operator's: an update may carry it back
-# unchanged but not change it, or a machine could hand itself a plan.
-AGENT_KEYS = frozenset(
-    {
-        "applied-checksum",
-        "applied-output",
-        "applied-periodic-output",
-        "failed-checksum",
-        "failed-output",
-        "failure-count",
-        "success-count",
-        "last-apply-time",
-        "probe-statuses",
-        "plan-state",
-        "plan-revision",
-        "os-version",
-    }
-)
+# The keys the machine's agent may write (elemental_common.consts): every other key is the operator's.
+AGENT_KEYS = PLAN_SECRET_AGENT_KEYS
 MAX_SECRET_DATA = 1 << 20  # Kubernetes' limit on a Secret's data
 WATCH_POLL = 1.0  # seconds between change-log polls of an idle watch (one per machine)
 DEFAULT_WATCH_TIMEOUT = 1800.0  # the API server ends watches after 30-60 min; clients re-list
