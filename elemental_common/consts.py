@@ -40,6 +40,9 @@ MACHINEREGISTRATION_FINALIZER = f"machineregistration.{GROUP}"
 MANAGEDOSVERSION_FINALIZER = f"managedosversion.{GROUP}"
 
 # ------------------------------------------------------------------------------- plan Secret
+# Where the operator serves the core/v1 Secret API the system agents speak (upstream's Config
+# names <operator>/k8s/clusters/local, Rancher's path to its local cluster).
+K8S_API_PREFIX = "/k8s/clusters/local"
 # Data keys of a plan Secret that the machine's agent writes (rancher-system-agent pkg/k8splan constants and
 # rancher/rancher pkg/plan's plan-state keys, plus our agent's os-version). Every other key
 # (plan, max-failures, probe-period-seconds, ...) is the operator's: an update may carry it back

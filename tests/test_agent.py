@@ -21,6 +21,7 @@ from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent
 from elemental_register.agent.client import OperatorClient
 from elemental_register.agent.config import AgentConfig, Connection
+from elemental_register.agent.k8s import KubeConnection
 from elemental_register.installer import api, boot, oem, system
 
 TOKEN = "agent-token"
@@ -140,6 +141,10 @@ class Clock:
 
 def make_agent(root: Path, url: str, pem: str, **kw: Any) -> tuple[Agent, Clock]:
     cfg = install_agent(root, url, pem)
+    # The fake operator serves our original plan endpoint, which machines installed before the
+    # switch to rancher-system-agent's connection file still use: give the agent that form.
+    old_form = {"url": url, "token": TOKEN, "namespace": "fleet-default", "secretName": "m-1", "caCert": pem}
+    cfg.connection_info_file.write_text(json.dumps(old_form))
     conn = Connection.load(cfg.connection_info_file)
     clock = Clock()
     (root / "etc").mkdir(exist_ok=True)
@@ -156,7 +161,7 @@ def test_permission_check(tmp_path: Path) -> None:
     cfg = install_agent(tmp_path, "https://x", "")
     os.chmod(cfg.connection_info_file, 0o644)
     with pytest.raises(Die, match="group/other must have no access"):
-        Connection.load(cfg.connection_info_file)
+        KubeConnection.load(cfg.connection_info_file)
 
 
 def test_no_plan_reports_os_version(tmp_path: Path, operator: tuple[FakeOperator, str, str]) -> None:

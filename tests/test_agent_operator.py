@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from elemental_operator.api import API_VERSION
 from elemental_operator.controllers.base import condition_true, encode_plan, secret_get
 from elemental_register.agent import plan as planlib
 from elemental_register.agent.agent import Agent
-from elemental_register.agent.client import OperatorClient
-from elemental_register.agent.config import AgentConfig, Connection
+from elemental_register.agent.config import AgentConfig
+from elemental_register.agent.k8s import KubeConnection, SecretClient
 from elemental_register.installer import api
 
 NS = "fleet-default"
@@ -64,9 +65,15 @@ def _agent(root: Path, op: RunningOperator, inv: dict[str, Any]) -> Agent:
     cfg = AgentConfig.load(root / "etc/rancher/elemental/agent/config.yaml")
     cfg.work_directory = root / "var/lib/elemental/agent/work"
     cfg.applied_plan_directory = root / "var/lib/elemental/agent/applied"
-    conn = Connection.load(root / "var/lib/elemental/agent/elemental_connection.json")
+    # what the installer writes: rancher-system-agent's connection file, spoken as the Secret API
+    conn = KubeConnection.load(root / "var/lib/elemental/agent/elemental_connection.json")
     (root / "etc/os-release").write_text("IMAGE_VERSION=0.1.0\n")
-    return Agent(cfg, OperatorClient(conn), root=root, oem_dir=root / "oem", managed=False)
+    return Agent(cfg, SecretClient(conn), root=root, oem_dir=root / "oem", managed=False)
+
+
+def go_output(raw: bytes) -> dict[str, str]:
+    """rancher-system-agent's applied-output: gzip of JSON {name: base64(output)}."""
+    return {k: base64.b64decode(v).decode() for k, v in json.loads(gzip.decompress(raw)).items()}
 
 
 def _set_plan(op: RunningOperator, name: str, plan: dict[str, Any]) -> str:
@@ -117,7 +124,7 @@ def test_agent_applies_operator_plan_and_reports(tmp_path: Path, operator: Runni
     agent.step()
     sec = operator.ctx.store.get("Secret", NS, "m1")
     assert secret_get(sec, "applied-checksum") == cs
-    assert planlib.unpack_output(secret_get(sec, "applied-output")) == {"touch": "ok\n"}
+    assert go_output(base64.b64decode(sec["data"]["applied-output"])) == {"touch": "ok\n"}
     assert (tmp_path / "etc/hostname-from-plan").read_text() == "m1\n" and marker.exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -123,13 +124,14 @@ def test_agent_files_unmanaged(tmp_path: Path) -> None:
 
     api.install_unmanaged(reg_config("/dev/x", "dir:/"), tmp_path)
     conn = json.loads((tmp_path / "var/lib/elemental/agent/elemental_connection.json").read_text())
-    assert conn == {
-        "url": "https://op.example:9443",
-        "token": "tok123",
-        "namespace": "fleet-default",
-        "secretName": "m-1",
-        "caCert": CA,
-    }
+    # rancher-system-agent's form, as Elemental's register client writes it
+    assert set(conn) == {"kubeConfig", "namespace", "secretName"}
+    assert (conn["namespace"], conn["secretName"]) == ("fleet-default", "m-1")
+    kc = yaml.safe_load(conn["kubeConfig"])
+    assert kc["clusters"][0]["cluster"]["server"] == "https://op.example:9443"
+    assert base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]).decode() == CA
+    assert kc["users"][0]["user"]["token"] == "tok123"
+    assert kc["current-context"] == "context"
     cfg = yaml.safe_load((tmp_path / "etc/rancher/elemental/agent/config.yaml").read_text())
     assert cfg["connectionInfoFile"] == "/var/lib/elemental/agent/elemental_connection.json"
     for p in ("var/lib/elemental/agent/elemental_connection.json", "etc/rancher/elemental/agent/config.yaml"):
@@ -207,7 +209,9 @@ def test_install_on_loop_disk(tmp_path: Path, image: str) -> None:
             assert (o / "registration/config.yaml").stat().st_mode & 0o777 == 0o600
             assert yaml.safe_load((o / "registration/state.yaml").read_text()) == {"emulatedTPM": True}
             conn = json.loads((o / "elemental/agent/elemental_connection.json").read_text())
-            assert conn["token"] == "tok123" and conn["caCert"] == CA
+            kc = yaml.safe_load(conn["kubeConfig"])
+            assert kc["users"][0]["user"]["token"] == "tok123"
+            assert base64.b64decode(kc["clusters"][0]["cluster"]["certificate-authority-data"]).decode() == CA
             assert yaml.safe_load((o / "elemental/cloud-config.yaml").read_text())["hostname"] == "edge-1"
             st = oem.load_system_state(o)
             assert st["partitions"]["a"] == uuid_a and st["slots"]["a"]["version"] == "1.0.0"

@@ -136,7 +136,7 @@ def test_reset_restores_slot_a_and_wipes(tmp_path: Path, images: tuple[str, str]
             reg = yaml.safe_load((o / "registration/config.yaml").read_text())
             assert reg["elemental"]["registration"]["url"] == "https://op/reg2"
             conn = json.loads((o / "elemental/agent/elemental_connection.json").read_text())
-            assert conn["token"] == "t2"
+            assert yaml.safe_load(conn["kubeConfig"])["users"][0]["user"]["token"] == "t2"
             assert not (o / "stale-file").exists() and not (o / "elemental/reset-requested").exists()
             st = oem.load_system_state(o)
         with mounted(parts["COS_PERSISTENT"], tmp_path / "p") as p:
@@ -223,7 +223,8 @@ def test_setup_copies_oem_agent_files(fake_root: Path, tmp_path: Path) -> None:
     oem.oem_tree(o, config, {})
     setup.setup(fake_root, o)
     conn = fake_root / "var/lib/elemental/agent/elemental_connection.json"
-    assert json.loads(conn.read_text())["token"] == "t" and conn.stat().st_mode & 0o777 == 0o600
+    kubeconfig = yaml.safe_load(json.loads(conn.read_text())["kubeConfig"])
+    assert kubeconfig["users"][0]["user"]["token"] == "t" and conn.stat().st_mode & 0o777 == 0o600
     assert (fake_root / "etc/rancher/elemental/agent/config.yaml").is_file()
     assert (
         fake_root / "etc/rancher/elemental/agent/envs"

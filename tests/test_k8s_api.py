@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from operator_fixtures import (  # noqa: F401
     RunningOperator,
     operator,
@@ -193,8 +194,8 @@ def _touch_plan(marker: Path) -> dict[str, Any]:
 # ---- connection files ------------------------------------------------------------------------
 
 
-def test_upstream_connection_file_is_read_and_ours_still_is(tmp_path: Path) -> None:
-    """The golden files are what Elemental's register client writes; ours stays our form."""
+def test_upstream_connection_file_is_read_and_ours_is_the_same_form(tmp_path: Path) -> None:
+    """The golden files are what Elemental's register client writes; our installer writes the same."""
     conn_path = tmp_path / "elemental_connection.json"
     shutil.copy(DATA / "elemental_connection.json", conn_path)
     conn_path.chmod(0o600)
@@ -212,11 +213,12 @@ def test_upstream_connection_file_is_read_and_ours_still_is(tmp_path: Path) -> N
     assert cfg.connection_info_file == Path("/var/lib/elemental/agent/elemental_connection.json")
     assert cfg.work_directory == Path("/var/lib/elemental/agent/work")
 
-    # today's connection form (what our register client writes) is not taken for the new one
+    # our installer writes the same form, with the same kubeconfig layout as upstream's
     config = {
         "elemental": {
+            "registration": {"ca-cert": conn.ca_cert},
             "system-agent": {
-                "url": "https://op:8443",
+                "url": "https://operator.example:8443/k8s/clusters/local",
                 "token": "t",
                 "secret-name": "m",
                 "secret-namespace": NS,
@@ -225,7 +227,14 @@ def test_upstream_connection_file_is_read_and_ours_still_is(tmp_path: Path) -> N
     }
     api.install_unmanaged(config, tmp_path / "root")
     ours = tmp_path / "root/var/lib/elemental/agent/elemental_connection.json"
-    assert not is_kube_connection(ours)
+    assert is_kube_connection(ours)
+    golden = json.loads(conn_path.read_text())
+    mine = json.loads(ours.read_text())
+    assert yaml.safe_load(mine["kubeConfig"]) == {
+        **yaml.safe_load(golden["kubeConfig"]),
+        "users": [{"name": "user", "user": {"token": "t"}}],
+    }
+    assert (mine["namespace"], mine["secretName"]) == (NS, "m")
 
 
 # ---- the agent through the Secret API --------------------------------------------------------

@@ -100,7 +100,7 @@ def test_first_and_re_registration(operator: InProcessOperator, swtpm: Swtpm) ->
     )
     agent = config["system-agent"]
     assert agent["secret-name"] == "node-sn-0042" and agent["secret-namespace"] == "fleet"
-    assert agent["url"] == operator.ctx.public_url and agent["strictTLSMode"] is True
+    assert agent["url"] == operator.ctx.public_url + "/k8s/clusters/local" and agent["strictTLSMode"] is True
     owner = operator.ctx.verify_agent_token(agent["token"])
     assert owner is not None and owner["metadata"]["uid"] == meta["uid"]
     assert first.config["cloud-config"] == {"users": [{"name": "root", "passwd": "x"}]}

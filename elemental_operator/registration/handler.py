@@ -26,7 +26,7 @@ from typing import Any
 
 from elemental_common import attestation
 from elemental_common import protocol as P
-from elemental_common.consts import LABEL_PREFIX
+from elemental_common.consts import K8S_API_PREFIX, LABEL_PREFIX
 from elemental_operator.api import API_VERSION, ValidationError
 from elemental_operator.context import OperatorContext
 from elemental_operator.registration.templater import (
@@ -404,7 +404,8 @@ class _Session:
     def _agent_config(self, inventory: Resource) -> dict[str, Any]:
         meta = inventory["metadata"]
         return {
-            "url": self.ctx.public_url,
+            # the Secret API rancher-system-agent speaks (server/k8s_api.py), as upstream sends it
+            "url": f"{self.ctx.public_url}{K8S_API_PREFIX}",
             "token": self.ctx.agent_token(inventory),
             "secret-name": meta["name"],
             "secret-namespace": meta["namespace"],

@@ -21,13 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
-from elemental_common.consts import PLAN_SECRET_AGENT_KEYS
+from elemental_common.consts import K8S_API_PREFIX, PLAN_SECRET_AGENT_KEYS
 from elemental_operator.context import OperatorContext
 from elemental_operator.store.base import Conflict, NotFound, Resource, StoreError
 
 log = logging.getLogger("elemental_operator.server.k8s")
 
-PREFIX = "/k8s/clusters/local"
+PREFIX = K8S_API_PREFIX
 
 # The keys the machine's agent may write (elemental_common.consts): every other key is the operator's.
 AGENT_KEYS = PLAN_SECRET_AGENT_KEYS

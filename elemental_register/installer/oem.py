@@ -7,6 +7,7 @@ agent files into /etc and /var at every boot (/etc is an ephemeral overlay on th
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -53,16 +54,30 @@ def agent_config() -> dict[str, Any]:
 
 
 def connection(config: dict[str, Any]) -> dict[str, Any] | None:
+    """rancher-system-agent's connection file, as Elemental's register client writes it:
+    ``{kubeConfig, namespace, secretName}``, the kubeconfig naming the operator's Secret API
+    (``system-agent.url``, ``<operator>/k8s/clusters/local``), its CA and the machine's token.
+    Either agent (ours or rancher-system-agent) reads it."""
     el = config.get("elemental") or {}
     sa = el.get("system-agent") or {}
     if not sa.get("url"):
         return None
+    cluster: dict[str, Any] = {"server": sa["url"]}
+    ca = (el.get("registration") or {}).get("ca-cert", "")
+    if ca:
+        cluster["certificate-authority-data"] = base64.b64encode(str(ca).encode()).decode()
+    kubeconfig = {
+        "apiVersion": "v1",
+        "clusters": [{"cluster": cluster, "name": "cluster"}],
+        "contexts": [{"context": {"cluster": "cluster", "user": "user"}, "name": "context"}],
+        "current-context": "context",
+        "kind": "Config",
+        "users": [{"name": "user", "user": {"token": sa.get("token", "")}}],
+    }
     return {
-        "url": sa["url"],
-        "token": sa.get("token", ""),
+        "kubeConfig": yaml.safe_dump(kubeconfig, sort_keys=True),
         "namespace": sa.get("secret-namespace", ""),
         "secretName": sa.get("secret-name", ""),
-        "caCert": (el.get("registration") or {}).get("ca-cert", ""),
     }
 
 
