@@ -18,17 +18,56 @@ class OperatorError(Exception):
     pass
 
 
-class OperatorClient:
+class TlsFallbackOpener:
+    """HTTPS to the operator as rancher-system-agent does it: the connection's CA first and, without
+    strict verify, the system trust store once when that CA does not sign the server (the operator
+    may sit behind a public certificate). Shared by OperatorClient and the Secret API client."""
+
+    strict: bool
+    _ctx: ssl.SSLContext
+
+    def _ca_cert(self) -> str:
+        raise NotImplementedError
+
+    def _context(self, with_ca: bool) -> ssl.SSLContext:
+        if with_ca and self._ca_cert():
+            return ssl.create_default_context(cadata=self._ca_cert())
+        return ssl.create_default_context()
+
+    def _urlopen(self, req: urllib.request.Request, timeout: float) -> Any:
+        """The response (an HTTPError is raised as it is); anything else is an OperatorError."""
+        url, method = req.full_url, req.get_method()
+        for attempt in (0, 1):
+            try:
+                ctx = self._ctx if url.startswith("https:") else None
+                return urllib.request.urlopen(req, timeout=timeout, context=ctx)
+            except urllib.error.HTTPError:
+                raise
+            except urllib.error.URLError as e:
+                if (
+                    attempt == 0
+                    and not self.strict
+                    and isinstance(e.reason, ssl.SSLCertVerificationError)
+                    and self._ca_cert()
+                ):
+                    log.warning("certificate not signed by the connection's CA; retrying with system CAs")
+                    self._ctx = self._context(with_ca=False)
+                    continue
+                raise OperatorError(f"{method} {url}: {e.reason}") from e
+            except OSError as e:
+                raise OperatorError(f"{method} {url}: {e}") from e
+        raise OperatorError(f"{method} {url}: failed")
+
+
+class OperatorClient(TlsFallbackOpener):
     def __init__(self, conn: Connection, strict: bool = False, timeout: float = 30.0) -> None:
         self.conn = conn
         self.strict = strict
         self.timeout = timeout
         self._ctx = self._context(with_ca=True)
 
-    def _context(self, with_ca: bool) -> ssl.SSLContext:
-        if with_ca and self.conn.ca_cert:
-            return ssl.create_default_context(cadata=self.conn.ca_cert)
-        return ssl.create_default_context()
+    def _ca_cert(self) -> str:
+        return self.conn.ca_cert
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         url = self.conn.url + path
@@ -37,34 +76,18 @@ class OperatorClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        for attempt in (0, 1):
+        try:
+            with self._urlopen(req, self.timeout) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
             try:
-                ctx = self._ctx if url.startswith("https:") else None
-                with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
-                    raw = resp.read()
-                    return resp.status, json.loads(raw) if raw else None
-            except urllib.error.HTTPError as e:
-                raw = e.read()
-                try:
-                    return e.code, json.loads(raw) if raw else None
-                except ValueError:
-                    return e.code, raw.decode(errors="replace")
-            except urllib.error.URLError as e:
-                # rancher-system-agent: without strict verify, an unknown CA falls back to the
-                # system trust store (the operator may sit behind a public certificate)
-                if (
-                    attempt == 0
-                    and not self.strict
-                    and isinstance(e.reason, ssl.SSLCertVerificationError)
-                    and self.conn.ca_cert
-                ):
-                    log.warning("certificate not signed by the registration CA; retrying with system CAs")
-                    self._ctx = self._context(with_ca=False)
-                    continue
-                raise OperatorError(f"{method} {url}: {e.reason}") from e
-            except (OSError, ValueError) as e:
-                raise OperatorError(f"{method} {url}: {e}") from e
-        raise OperatorError(f"{method} {url}: failed")
+                return e.code, json.loads(raw) if raw else None
+            except ValueError:
+                return e.code, raw.decode(errors="replace")
+        except (OSError, ValueError) as e:
+            raise OperatorError(f"{method} {url}: {e}") from e
 
     def get_plan(self) -> dict[str, Any] | None:
         """The plan document, or None when the operator has none for us yet (404)."""

@@ -30,7 +30,7 @@ import yaml
 from elemental_common.consts import PLAN_TYPE_ANNOTATION
 from elemental_common.errors import die
 from elemental_register.agent import plan as planlib
-from elemental_register.agent.client import OperatorError
+from elemental_register.agent.client import OperatorError, TlsFallbackOpener
 from elemental_register.agent.config import check_permissions
 
 log = logging.getLogger("elemental.agent")
@@ -166,7 +166,7 @@ def secret_value(secret: dict[str, Any], key: str) -> bytes:
     return base64.b64decode(raw) if raw else b""
 
 
-class SecretClient:
+class SecretClient(TlsFallbackOpener):
     """The plan Secret through the Kubernetes API, with OperatorClient's calls."""
 
     def __init__(self, conn: KubeConnection, strict: bool = False, timeout: float = 30.0) -> None:
@@ -176,12 +176,13 @@ class SecretClient:
         self.resource_version = ""  # of the Secret as last read or written
         self._ctx = self._context(with_ca=True)
 
+    def _ca_cert(self) -> str:
+        return self.conn.ca_cert
+
     def _context(self, with_ca: bool) -> ssl.SSLContext:
         if self.conn.insecure and not self.strict:
             return ssl._create_unverified_context()  # the kubeconfig asked for it explicitly
-        if with_ca and self.conn.ca_cert:
-            return ssl.create_default_context(cadata=self.conn.ca_cert)
-        return ssl.create_default_context()
+        return super()._context(with_ca)
 
     @property
     def _secret_path(self) -> str:
@@ -194,28 +195,7 @@ class SecretClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
-        for attempt in (0, 1):
-            try:
-                ctx = self._ctx if url.startswith("https:") else None
-                return urllib.request.urlopen(req, timeout=timeout, context=ctx)
-            except urllib.error.HTTPError:
-                raise
-            except urllib.error.URLError as e:
-                # as rancher-system-agent without strict verify: an unknown CA is dropped and the
-                # system trust store tried (the operator may sit behind a public certificate)
-                if (
-                    attempt == 0
-                    and not self.strict
-                    and isinstance(e.reason, ssl.SSLCertVerificationError)
-                    and self.conn.ca_cert
-                ):
-                    log.warning("certificate not signed by the kubeconfig's CA; retrying with system CAs")
-                    self._ctx = self._context(with_ca=False)
-                    continue
-                raise OperatorError(f"{method} {url}: {e.reason}") from e
-            except OSError as e:
-                raise OperatorError(f"{method} {url}: {e}") from e
-        raise OperatorError(f"{method} {url}: failed")
+        return self._urlopen(req, timeout)
 
     def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         url = self.conn.server + path
