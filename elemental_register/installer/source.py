@@ -114,7 +114,7 @@ def check(src: Source) -> Source:
             die(f"system-uri dir:{src.ref} is not an OS tree (no /usr)", "point dir: at an unpacked OS root")
         return src
     if shutil.which("skopeo") is None:
-        from elemental_register.installer import registry
+        from elemental_common import registry
 
         registry.inspect(src.ref)  # no skopeo on the OS image: our own registry client
         return src
@@ -128,7 +128,7 @@ def check(src: Source) -> Source:
 
 def _skopeo_tls(ref: str, flag: str) -> list[str]:
     """Plain HTTP for registries listed in ELEMENTAL_INSECURE_REGISTRIES (as our own client does)."""
-    from elemental_register.installer import registry
+    from elemental_common import registry
 
     host = registry.parse_ref(ref)[0]
     return [f"{flag}=false"] if host in registry.insecure_registries() else []
@@ -142,7 +142,7 @@ def unpack(src: Source, work: Path) -> Path:
     if src.kind == "docker":
         layout, tag = work / "layout", "os"
         if shutil.which("skopeo") is None:
-            from elemental_register.installer import registry
+            from elemental_common import registry
 
             registry.pull(src.ref, layout, tag)
         else:

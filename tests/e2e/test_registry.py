@@ -13,7 +13,8 @@ import pytest
 from harness import Registry
 from installer_fixtures import derive_os_version, make_oci, make_rootfs
 
-from elemental_register.installer import registry, source
+from elemental_common import registry
+from elemental_register.installer import source
 
 
 @pytest.fixture
