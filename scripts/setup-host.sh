@@ -10,15 +10,16 @@ STAMP=$STAMP_DIR/host-packages.stamp
 # Packages from bookworm-backports (newer than bookworm's own).
 BPO_PACKAGES=(
   mkosi systemd systemd-boot systemd-boot-efi systemd-container udev libudev1
-  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
+  qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools python3-virt-firmware
 )
-# Packages from bookworm itself (zsh: elementalctl's zsh completion is tested for real).
+# Packages from bookworm itself (zsh: elementalctl's zsh completion is tested for real;
+# chromium: the dashboard's browser tests; sbsigntool: Secure Boot signing of systemd-boot and UKIs).
 PACKAGES=(
   mtools dosfstools erofs-utils squashfs-tools xorriso cpio zstd pigz kmod
   tpm2-tools python3-pefile python3-installer python3-venv python3-dev libtss2-dev pkg-config
   dmidecode skopeo umoci fdisk gdisk e2fsprogs util-linux debian-archive-keyring
   bubblewrap isolinux syslinux-common ca-certificates curl zsh
-  postgresql
+  postgresql chromium sbsigntool
 )
 
 want="${BPO_PACKAGES[*]} ${PACKAGES[*]}"
