@@ -4,10 +4,12 @@ Each ``KindDef`` carries the names, scope, printer columns and the OpenAPI v3 sc
 kind. This module is the single source for validation and defaulting (``schema.py``), the
 generated CRDs and Helm chart (``crds.py``) and the CLI/admin-API tables.
 
-Field names and defaults follow the Elemental API (``elemental.cattle.io/v1beta1``) so that
-manifests written for Elemental apply unchanged. Fields that are schemaless in Elemental, and large
-foreign types (system-upgrade-controller container specs, Fleet rollout strategies and
-targets, network templates), are free-form objects with only the fields we read typed.
+The schemas are Elemental's own (``elemental.cattle.io/v1beta1``, rancher/elemental-operator's
+``config/crd/bases``): every field, type, format, default, required list and ``nullable`` as
+upstream's CRDs state them, including the foreign types they embed (system-upgrade-controller's
+ContainerSpec with core/v1 EnvVar, EnvFromSource and SecurityContext; Fleet's rollout strategy and
+targets); schemaless where upstream is schemaless. ``tests/test_crd_upstream.py`` compares the
+generated CRDs with a copy of upstream's and names every difference in an allow-list.
 
 The helpers return fresh dicts on every call: the CRD YAML dump would otherwise turn shared
 sub-schemas into YAML anchors and aliases.
@@ -15,6 +17,7 @@ sub-schemas into YAML anchors and aliases.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +29,14 @@ _UNSET: Any = object()
 # --- schema builders ------------------------------------------------------------------------------
 
 
-def _with(schema: Schema, default: Any, nullable: bool, doc: str) -> Schema:
+def _with(schema: Schema, default: Any, nullable: bool, doc: str, **ext: Any) -> Schema:
     if doc:  # description first: easier to read in the generated CRD YAML
         schema = {"description": doc, **schema}
     if default is not _UNSET:
         schema["default"] = default
     if nullable:
         schema["nullable"] = True
+    schema.update({k: v for k, v in ext.items() if v is not None})
     return schema
 
 
@@ -44,6 +48,8 @@ def string(
     min_length: int | None = None,
     fmt: str = "",
     default: Any = _UNSET,
+    nullable: bool = False,
+    example: str | None = None,
     doc: str = "",
 ) -> Schema:
     s: Schema = {"type": "string"}
@@ -57,11 +63,14 @@ def string(
         s["minLength"] = min_length
     if max_length is not None:
         s["maxLength"] = max_length
-    return _with(s, default, False, doc)
+    return _with(s, default, nullable, doc, example=example)
 
 
-def integer(*, minimum: int | None = None, default: Any = _UNSET, doc: str = "") -> Schema:
+def integer(*, minimum: int | None = None, fmt: str = "", default: Any = _UNSET, doc: str = "") -> Schema:
+    """``fmt`` is the Go type controller-gen records (``int32``, ``int64``); plain ``int`` has none."""
     s: Schema = {"type": "integer"}
+    if fmt:
+        s["format"] = fmt
     if minimum is not None:
         s["minimum"] = minimum
     return _with(s, default, False, doc)
@@ -71,20 +80,34 @@ def boolean(*, default: Any = _UNSET, doc: str = "") -> Schema:
     return _with({"type": "boolean"}, default, False, doc)
 
 
-def int_or_string(*, pattern: str = "", default: Any = _UNSET, doc: str = "") -> Schema:
-    s: Schema = {"x-kubernetes-int-or-string": True}
+def int_or_string(
+    *, pattern: str = "", default: Any = _UNSET, nullable: bool = False, doc: str = ""
+) -> Schema:
+    """``intstr.IntOrString`` / ``resource.Quantity``; ``anyOf`` is how controller-gen spells it."""
+    s: Schema = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
     if pattern:
         s["pattern"] = pattern
-    return _with(s, default, False, doc)
+    return _with(s, default, nullable, doc)
 
 
-def array(items: Schema, *, doc: str = "") -> Schema:
-    return _with({"type": "array", "items": items}, _UNSET, False, doc)
+def array(
+    items: Schema,
+    *,
+    atomic: bool = False,
+    max_items: int | None = None,
+    nullable: bool = False,
+    doc: str = "",
+) -> Schema:
+    """``atomic``: ``x-kubernetes-list-type: atomic`` (a list replaced whole by server-side apply)."""
+    s: Schema = {"type": "array", "items": items}
+    if max_items is not None:
+        s["maxItems"] = max_items
+    return _with(s, _UNSET, nullable, doc, **{"x-kubernetes-list-type": "atomic" if atomic else None})
 
 
-def string_map(*, fmt: str = "", doc: str = "") -> Schema:
+def string_map(*, fmt: str = "", nullable: bool = False, doc: str = "") -> Schema:
     """``map[string]string``."""
-    return _with({"type": "object", "additionalProperties": string(fmt=fmt)}, _UNSET, False, doc)
+    return _with({"type": "object", "additionalProperties": string(fmt=fmt)}, _UNSET, nullable, doc)
 
 
 def map_of(values: Schema, *, doc: str = "") -> Schema:
@@ -99,10 +122,13 @@ def obj(
     default: Any = _UNSET,
     nullable: bool = False,
     preserve: bool = False,
+    atomic: bool = False,
     doc: str = "",
     **more: Schema,
 ) -> Schema:
     """An object with the given properties; unknown fields are refused unless ``preserve``.
+
+    ``atomic``: ``x-kubernetes-map-type: atomic`` (Go structs marked ``+structType=atomic``).
 
     Properties come as keyword arguments, or as a mapping for names that are not Python
     identifiers (``obj({"cloud-config": ...})``).
@@ -115,19 +141,7 @@ def obj(
         s["required"] = list(required)
     if preserve:
         s["x-kubernetes-preserve-unknown-fields"] = True
-    return _with(s, default, nullable, doc)
-
-
-def free_form(
-    props: Mapping[str, Schema] | None = None,
-    /,
-    *,
-    required: Sequence[str] = (),
-    doc: str = "",
-    **more: Schema,
-) -> Schema:
-    """An object that keeps unknown fields; the listed ones are still type-checked."""
-    return obj({**(props or {}), **more}, required=required, preserve=True, doc=doc)
+    return _with(s, default, nullable, doc, **{"x-kubernetes-map-type": "atomic" if atomic else None})
 
 
 def schemaless(*, doc: str = "") -> Schema:
@@ -137,14 +151,16 @@ def schemaless(*, doc: str = "") -> Schema:
 
 # --- shared Kubernetes shapes ---------------------------------------------------------------------
 
+# metav1.Condition's type, as upstream's CRDs carry it.
 _QUALIFIED_NAME = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 )
 _CONDITION_REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 # resource.Quantity: a decimal number with an optional binary (Ki..Ei), decimal (n..E) or exponent suffix.
 _QUANTITY = (
-    r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+))?$"
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 
 
@@ -157,7 +173,7 @@ def conditions() -> Schema:
             reason=string(pattern=_CONDITION_REASON, min_length=1, max_length=1024),
             message=string(max_length=32768),
             lastTransitionTime=string(fmt="date-time"),
-            observedGeneration=integer(minimum=0),
+            observedGeneration=integer(minimum=0, fmt="int64"),
             required=("type", "status", "reason", "message", "lastTransitionTime"),
         )
     )
@@ -173,42 +189,209 @@ def object_ref(*, doc: str = "") -> Schema:
         uid=string(),
         resourceVersion=string(),
         fieldPath=string(),
+        atomic=True,
         doc=doc,
     )
 
 
 def typed_local_ref() -> Schema:
     """``corev1.TypedLocalObjectReference`` (used for CAPI IPAM pools)."""
-    return obj(apiGroup=string(), kind=string(), name=string(), required=("kind", "name"))
+    return obj(apiGroup=string(), kind=string(), name=string(), required=("kind", "name"), atomic=True)
 
 
-def label_selector(*, doc: str = "") -> Schema:
-    """``metav1.LabelSelector``; operators are the four ``store.selector.matches`` evaluates."""
+def label_selector(*, nullable: bool = False, doc: str = "") -> Schema:
+    """``metav1.LabelSelector``. The operator is a plain string in the CRD; the controllers report
+    one that ``store.selector`` cannot evaluate (In, NotIn, Exists, DoesNotExist) in a condition."""
     return obj(
         matchLabels=string_map(),
         matchExpressions=array(
             obj(
                 key=string(),
-                operator=string(enum=("In", "NotIn", "Exists", "DoesNotExist")),
-                values=array(string()),
+                operator=string(),
+                values=array(string(), atomic=True),
                 required=("key", "operator"),
-            )
+            ),
+            atomic=True,
         ),
+        atomic=True,
+        nullable=nullable,
         doc=doc,
     )
 
 
+def _key_ref() -> Schema:
+    """``corev1.ConfigMapKeySelector`` / ``SecretKeySelector`` (``name`` defaults to "")."""
+    return obj(key=string(), name=string(default=""), optional=boolean(), required=("key",), atomic=True)
+
+
+def env_var() -> Schema:
+    """``corev1.EnvVar``."""
+    return obj(
+        name=string(),
+        value=string(),
+        valueFrom=obj(
+            configMapKeyRef=_key_ref(),
+            fieldRef=obj(apiVersion=string(), fieldPath=string(), required=("fieldPath",), atomic=True),
+            fileKeyRef=obj(
+                key=string(),
+                optional=boolean(default=False),
+                path=string(),
+                volumeName=string(),
+                required=("key", "path", "volumeName"),
+                atomic=True,
+            ),
+            resourceFieldRef=obj(
+                containerName=string(),
+                divisor=int_or_string(pattern=_QUANTITY),
+                resource=string(),
+                required=("resource",),
+                atomic=True,
+            ),
+            secretKeyRef=_key_ref(),
+        ),
+        required=("name",),
+    )
+
+
+def env_from_source() -> Schema:
+    """``corev1.EnvFromSource``."""
+
+    def local_ref() -> Schema:
+        return obj(name=string(default=""), optional=boolean(), atomic=True)
+
+    return obj(configMapRef=local_ref(), prefix=string(), secretRef=local_ref())
+
+
+def security_context() -> Schema:
+    """``corev1.SecurityContext``."""
+
+    def profile() -> Schema:
+        return obj(localhostProfile=string(), type=string(), required=("type",))
+
+    return obj(
+        allowPrivilegeEscalation=boolean(),
+        appArmorProfile=profile(),
+        capabilities=obj(add=array(string(), atomic=True), drop=array(string(), atomic=True)),
+        privileged=boolean(),
+        procMount=string(),
+        readOnlyRootFilesystem=boolean(),
+        runAsGroup=integer(fmt="int64"),
+        runAsNonRoot=boolean(),
+        runAsUser=integer(fmt="int64"),
+        seLinuxOptions=obj(level=string(), role=string(), type=string(), user=string()),
+        seccompProfile=profile(),
+        windowsOptions=obj(
+            gmsaCredentialSpec=string(),
+            gmsaCredentialSpecName=string(),
+            hostProcess=boolean(),
+            runAsUserName=string(),
+        ),
+    )
+
+
 def container_spec(*, doc: str = "") -> Schema:
-    """system-upgrade-controller ``ContainerSpec``: free-form, with the fields we read typed."""
-    return free_form(
+    """system-upgrade-controller ``upgradev1.ContainerSpec``."""
+    return obj(
         image=string(),
         command=array(string()),
         args=array(string()),
-        envs=array(free_form(name=string(), value=string(), required=("name",))),
-        envFrom=array(free_form()),
+        envs=array(env_var()),
+        envFrom=array(env_from_source()),
         volumes=array(obj(name=string(), source=string(), destination=string())),
-        securityContext=free_form(),
+        securityContext=security_context(),
         doc=doc,
+    )
+
+
+def _fleet_target() -> Schema:
+    """Fleet's ``BundleTarget`` (ManagedOSImage clusterTargets; Elemental hands them to a Bundle)."""
+
+    def nstring() -> Schema:
+        return string(nullable=True)
+
+    key_ref = obj(key=nstring(), name=nstring(), namespace=nstring(), nullable=True)
+    return obj(
+        clusterGroup=nstring(),
+        clusterGroupSelector=label_selector(nullable=True),
+        clusterName=nstring(),
+        clusterSelector=label_selector(nullable=True),
+        correctDrift=obj(enabled=boolean(), force=boolean(), keepFailHistory=boolean()),
+        defaultNamespace=nstring(),
+        deleteCRDResources=boolean(),
+        deleteNamespace=boolean(),
+        diff=obj(
+            comparePatches=array(
+                obj(
+                    apiVersion=nstring(),
+                    jsonPointers=array(string(), nullable=True),
+                    kind=nstring(),
+                    name=nstring(),
+                    namespace=nstring(),
+                    operations=array(obj(op=nstring(), path=nstring(), value=nstring()), nullable=True),
+                ),
+                nullable=True,
+            ),
+            nullable=True,
+        ),
+        doNotDeploy=boolean(),
+        downstreamResources=array(obj(kind=string(), name=string())),
+        forceSyncGeneration=integer(fmt="int64"),
+        helm=obj(
+            {"atomic": boolean()},  # a property, not obj()'s map-type flag
+            chart=nstring(),
+            disableDNS=boolean(),
+            disableDependencyUpdate=boolean(),
+            disablePreProcess=boolean(),
+            force=boolean(),
+            maxHistory=integer(),
+            releaseName=string(
+                pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                max_length=53,
+                nullable=True,
+            ),
+            repo=nstring(),
+            skipSchemaValidation=boolean(),
+            takeOwnership=boolean(),
+            templateValues=string_map(nullable=True),
+            timeoutSeconds=integer(),
+            values=obj(preserve=True, nullable=True),
+            valuesFiles=array(string(), nullable=True),
+            valuesFrom=array(
+                obj(configMapKeyRef=copy.deepcopy(key_ref), secretKeyRef=copy.deepcopy(key_ref)),
+                nullable=True,
+            ),
+            version=nstring(),
+            waitForJobs=boolean(),
+        ),
+        ignore=obj(conditions=array(string_map(), nullable=True), nullable=True),
+        keepResources=boolean(),
+        kustomize=obj(dir=nstring(), nullable=True),
+        name=string(),
+        namespace=nstring(),
+        namespaceAnnotations=string_map(nullable=True),
+        namespaceLabels=string_map(nullable=True),
+        serviceAccount=nstring(),
+        yaml=obj(overlays=array(string(), nullable=True), nullable=True),
+    )
+
+
+def _rollout_strategy() -> Schema:
+    """Fleet's ``RolloutStrategy``."""
+    return obj(
+        autoPartitionSize=int_or_string(nullable=True),
+        maxUnavailable=int_or_string(nullable=True),
+        maxUnavailablePartitions=int_or_string(nullable=True),
+        partitions=array(
+            obj(
+                clusterGroup=string(),
+                clusterGroupSelector=label_selector(nullable=True),
+                clusterName=string(),
+                clusterSelector=label_selector(),
+                maxUnavailable=int_or_string(),
+                name=string(nullable=True),
+            ),
+            nullable=True,
+        ),
     )
 
 
@@ -292,7 +475,8 @@ def _install() -> Schema:
             "disable-boot-entry": boolean(),
             "config-dir": string(),
             "snapshotter": obj(
-                type=string(enum=("loopdevice", "btrfs"), default="loopdevice"),
+                # A plain string upstream: the installer logs a type it does not know.
+                type=string(default="loopdevice"),
                 maxSnaps=integer(minimum=2, default=2),
                 default={"type": "loopdevice", "maxSnaps": 2},
             ),
@@ -323,7 +507,9 @@ def _registration() -> Schema:
             "url": string(),
             "ca-cert": string(),
             "emulate-tpm": boolean(),
-            "emulated-tpm-seed": integer(doc="-1: a random seed made on the machine, kept in its state."),
+            "emulated-tpm-seed": integer(
+                fmt="int64", doc="-1: a random seed made on the machine, kept in its state."
+            ),
             "no-smbios": boolean(),
             # Not an enum: the operator compares it case-insensitively (tpm, mac, sys-uuid).
             "auth": string(default="tpm"),
@@ -450,27 +636,30 @@ def _selector_spec() -> Schema:
     )
 
 
+def _selector_status() -> Schema:
+    return obj(
+        conditions=conditions(),
+        ready=boolean(),
+        addresses=array(
+            obj(
+                type=string(enum=("Hostname", "ExternalIP", "InternalIP", "ExternalDNS", "InternalDNS")),
+                address=string(min_length=1, max_length=256),
+                required=("type", "address"),
+            ),
+            atomic=True,
+            max_items=128,
+        ),
+        bootstrapPlanChecksum=string(),
+        machineInventoryRef=obj(name=string(default=""), atomic=True),
+    )
+
+
 MACHINE_INVENTORY_SELECTOR = KindDef(
     kind="MachineInventorySelector",
     plural="machineinventoryselectors",
     singular="machineinventoryselector",
     short_names=("mis", "selector", "selectors"),
-    schema=root(
-        _selector_spec(),
-        obj(
-            conditions=conditions(),
-            ready=boolean(),
-            addresses=array(
-                obj(
-                    type=string(enum=("Hostname", "ExternalIP", "InternalIP", "ExternalDNS", "InternalDNS")),
-                    address=string(min_length=1, max_length=256),
-                    required=("type", "address"),
-                )
-            ),
-            bootstrapPlanChecksum=string(),
-            machineInventoryRef=obj(name=string()),
-        ),
-    ),
+    schema=root(_selector_spec(), _selector_status()),
     printer_columns=(
         column("Ready", ".status.ready", "boolean"),
         column("Inventory", ".status.machineInventoryRef.name"),
@@ -486,9 +675,14 @@ MACHINE_INVENTORY_SELECTOR_TEMPLATE = KindDef(
     short_names=("mist", "selectortemplate", "selectortemplates"),
     schema=root(
         obj(
+            # Upstream's template is a whole MachineInventorySelector; its nested ``metadata`` is a
+            # bare object (no embedded-resource marker), so Kubernetes keeps nothing under it.
             template=obj(
-                metadata=obj(labels=string_map(), annotations=string_map()),
+                apiVersion=string(),
+                kind=string(),
+                metadata=obj(),
                 spec=_selector_spec(),
+                status=_selector_status(),
             ),
             required=("template",),
         )
@@ -500,8 +694,8 @@ MACHINE_INVENTORY_SELECTOR_TEMPLATE = KindDef(
 
 def _drain() -> Schema:
     return obj(
-        timeout=integer(),
-        gracePeriod=integer(),
+        timeout=integer(fmt="int64"),
+        gracePeriod=integer(fmt="int32"),
         deleteLocalData=boolean(),
         deleteEmptydirData=boolean(),
         ignoreDaemonSets=boolean(),
@@ -530,25 +724,14 @@ MANAGED_OS_IMAGE = KindDef(
             managedOSVersionName=string(),
             cloudConfig=schemaless(),
             nodeSelector=label_selector(doc="Inventories to upgrade; empty means all."),
-            concurrency=integer(),
+            concurrency=integer(fmt="int64"),
             prepare=container_spec(),
             cordon=boolean(),
             drain=_drain(),
             upgradeContainer=container_spec(),
-            clusterRolloutStrategy=free_form(
-                maxUnavailable=int_or_string(),
-                maxUnavailablePartitions=int_or_string(),
-                autoPartitionSize=int_or_string(),
-            ),
-            clusterTargets=array(
-                free_form(
-                    name=string(),
-                    clusterName=string(),
-                    clusterSelector=label_selector(),
-                    clusterGroup=string(),
-                    clusterGroupSelector=label_selector(),
-                )
-            ),
+            clusterRolloutStrategy=_rollout_strategy(),
+            clusterTargets=array(_fleet_target()),
+            required=("drain",),  # always met: drain has a default
         ),
         obj(conditions=conditions()),
     ),
@@ -571,10 +754,7 @@ MANAGED_OS_VERSION = KindDef(
             version=string(),
             type=string(doc="container or iso (any case)."),
             minVersion=string(),
-            metadata=free_form(
-                upgradeImage=string(),
-                uri=string(),
-                displayName=string(),
+            metadata=schemaless(
                 doc="container: upgradeImage; iso: uri. Every key becomes a METADATA_<KEY> env var.",
             ),
             upgradeContainer=container_spec(),
@@ -601,14 +781,14 @@ MANAGED_OS_VERSION_CHANNEL = KindDef(
             deleteNoLongerInSyncVersions=boolean(default=False),
             enabled=boolean(default=True),
             registry=string(doc="Prefix for upgradeImage and uri of synced versions."),
-            options=free_form(uri=string(), doc="json: uri and timeout; custom: a container spec."),
+            options=schemaless(doc="json: uri and timeout; custom: a container spec."),
             upgradeContainer=container_spec(doc="Copied onto every synced version."),
         ),
         obj(
             conditions=conditions(),
             lastSyncedTime=string(fmt="date-time"),
             failedSynchronizationAttempts=integer(),
-            syncedGeneration=integer(),
+            syncedGeneration=integer(fmt="int64"),
         ),
     ),
     printer_columns=(
@@ -639,15 +819,17 @@ SEED_IMAGE = KindDef(
                     imagePullPolicy=string(),
                 ),
                 "cleanupAfterMinutes": integer(
-                    minimum=0, default=60, doc="Minutes the image stays downloadable; 0 is forever."
+                    fmt="int32", default=60, doc="Minutes the image stays downloadable; 0 is forever."
                 ),
                 "retriggerBuild": boolean(),
-                "size": int_or_string(pattern=_QUANTITY, default="6Gi"),
+                "size": int_or_string(pattern=_QUANTITY, default=6442450944),  # 6Gi as upstream writes it
                 "type": string(enum=("iso", "raw"), default="iso"),
-                "targetPlatform": string(pattern=r"^$|^\S+/\S+$", doc="os/arch, e.g. linux/amd64."),
+                "targetPlatform": string(
+                    pattern=r"^$|^\S+\/\S+$", example="linux/amd64", doc="os/arch, e.g. linux/amd64."
+                ),
                 "cloud-config": schemaless(),
             },
-            required=("registrationRef",),
+            required=("registrationRef", "type"),
         ),
         obj(
             conditions=conditions(),

@@ -3,9 +3,11 @@
 The kinds and their schemas are defined once, in ``kinds.py``, so the validator, the
 generated CRDs/Helm chart and the CLI tables can never disagree.
 The validator implements the structural-schema subset Kubernetes uses: types, properties,
-additionalProperties, required, enum, pattern, length/minimum bounds, defaults, nullable,
-x-kubernetes-preserve-unknown-fields and x-kubernetes-int-or-string. Unknown fields are
-refused (Kubernetes would prune them silently; refusing catches typos in hand-written YAML).
+additionalProperties, required, enum, pattern, length/minimum/maxItems bounds, defaults, nullable,
+x-kubernetes-preserve-unknown-fields and x-kubernetes-int-or-string (``anyOf`` is its CRD
+spelling). Unknown fields are refused, as the API server does under strict field validation,
+kubectl's default since 1.27 (``--validate=strict``: "strict decoding error: unknown field");
+without it Kubernetes would prune them silently.
 """
 
 from __future__ import annotations
@@ -181,6 +183,10 @@ def _check(value: Any, schema: Schema, path: str, metadata: bool = False) -> Any
     if typ == "array":
         if not isinstance(value, list):
             raise ValidationError(f"{where}: must be an array, got {_type_name(value)}")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            raise ValidationError(f"{where}: more than {schema['maxItems']} items")
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            raise ValidationError(f"{where}: fewer than {schema['minItems']} items")
         items = schema.get("items") or {"x-kubernetes-preserve-unknown-fields": True}
         return [_check(v, items, f"{path}[{i}]") for i, v in enumerate(value)]
     if typ == "string":

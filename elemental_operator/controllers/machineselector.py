@@ -43,7 +43,7 @@ from elemental_operator.controllers.base import (
     set_condition,
 )
 from elemental_operator.store.base import NotFound, Resource, WatchEvent
-from elemental_operator.store.selector import matches
+from elemental_operator.store.selector import matches, selector_error
 
 ADOPTION_TIMEOUT = 5.0
 NO_MATCH_RETRY = 60.0
@@ -110,9 +110,10 @@ class MachineInventorySelectorController(Controller):
             return
         labels = inv["metadata"].get("labels") or {}
         for sel in self.store.list(self.kind, ns):
-            if not (sel.get("status") or {}).get("machineInventoryRef") and matches(
-                (sel.get("spec") or {}).get("selector"), labels
-            ):
+            selector = (sel.get("spec") or {}).get("selector")
+            if selector_error(selector):
+                continue  # its own reconcile reports it
+            if not (sel.get("status") or {}).get("machineInventoryRef") and matches(selector, labels):
                 yield ns, sel["metadata"]["name"]
 
     def reconcile(self, namespace: str, name: str) -> float | None:
@@ -167,6 +168,11 @@ class MachineInventorySelectorController(Controller):
         ns = sel["metadata"]["namespace"]
         set_condition(sel, "Ready", "False", "WaitingForInventory", "waiting for a matching inventory")
         selector = (sel.get("spec") or {}).get("selector")
+        error = selector_error(selector)
+        if error:  # upstream's reason and wording; a spec change requeues it
+            message = f"failed to convert spec to a label selector: {error}"
+            set_condition(sel, "Ready", "False", "FailedToAdoptInventory", message)
+            return None
         for inv in self.store.list("MachineInventory", ns, selector or None):
             if is_deleting(inv) or controller_owner(inv, self.kind):
                 continue

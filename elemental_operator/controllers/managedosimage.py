@@ -34,6 +34,7 @@ from elemental_operator.controllers.base import (
 )
 from elemental_operator.controllers.managedosversionchannel import VERSION_NAME_LABEL
 from elemental_operator.store.base import NotFound, Resource, WatchEvent
+from elemental_operator.store.selector import selector_error
 
 
 def marshal_cloud_config(cloud_config: dict[str, Any] | None) -> str:
@@ -124,10 +125,15 @@ class ManagedOSImageController(Controller):
             image = image or vmeta.get("upgradeImage") or ""
             container = container or vspec.get("upgradeContainer") or {}
             env = [f"METADATA_{str(k).upper()}={v}" for k, v in sorted(vmeta.items())]
-        if not image:
-            set_condition(
-                mos, "Ready", "False", "InvalidConfiguration", "neither osImage nor a version image set"
-            )
+        # Upstream's CRD leaves these to the controller: version metadata is schemaless and a
+        # selector's operator a plain string.
+        problem = "" if image else "neither osImage nor a version image set"
+        if not isinstance(image, str):
+            problem = f"metadata.upgradeImage of version {version_name} is not a string"
+        if not problem and selector_error(spec.get("nodeSelector")):
+            problem = f"nodeSelector: {selector_error(spec.get('nodeSelector'))}"
+        if problem:
+            set_condition(mos, "Ready", "False", "InvalidConfiguration", problem)
             self._save(mos, status_before)
             return None
         taken = {e.split("=", 1)[0] for e in env}
@@ -202,6 +208,8 @@ class ManagedOSImageController(Controller):
             if is_deleting(other) or (ometa.get("creationTimestamp") or "", ometa["name"]) <= mine:
                 continue
             selector = (other.get("spec") or {}).get("nodeSelector") or None
+            if selector_error(selector):
+                continue  # selects nothing until fixed (its own condition says why)
             for inv in self.store.list("MachineInventory", meta.get("namespace", ""), selector):
                 claimed.setdefault(inv["metadata"]["name"], ometa["name"])
         return claimed

@@ -5,11 +5,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def selector_error(selector: Mapping[str, Any] | None) -> str | None:
+    """Why ``selector`` cannot be evaluated, in metav1.LabelSelectorAsSelector's words; None if it can.
+
+    The CRDs leave the operator a plain string (as upstream's do), so a controller reports this
+    in a condition instead of the API refusing the object.
+    """
+    for expr in (selector or {}).get("matchExpressions") or ():
+        op = expr.get("operator", "")
+        if op not in OPERATORS:
+            return f'"{op}" is not a valid label selector operator'
+        values = expr.get("values") or []
+        if op in ("In", "NotIn") and not values:
+            return "values: Invalid value: []: for 'in', 'notin' operators, values set can't be empty"
+        if op in ("Exists", "DoesNotExist") and values:
+            return f"values: Invalid value: {values}: values set must be empty for exists and does not exist"
+    return None
+
 
 def matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None) -> bool:
-    """True when ``labels`` satisfy ``selector``; an empty or missing selector matches everything."""
+    """True when ``labels`` satisfy ``selector``; an empty or missing selector matches everything.
+
+    Raises ValueError (``selector_error``'s message) for a selector that cannot be evaluated.
+    """
     if not selector:
         return True
+    error = selector_error(selector)
+    if error:
+        raise ValueError(error)
     labels = labels or {}
     for key, value in (selector.get("matchLabels") or {}).items():
         if labels.get(key) != value:
@@ -30,8 +56,6 @@ def matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str] | None
         elif op == "DoesNotExist":
             if key in labels:
                 return False
-        else:
-            raise ValueError(f"matchExpressions: unknown operator {op!r}")
     return True
 
 
