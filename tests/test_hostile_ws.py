@@ -107,3 +107,65 @@ def test_unmasked_client_frames_are_refused(operator: InProcessOperator) -> None
     except (EOFError, ConnectionError, ssl.SSLError):
         pass
     assert operator.store.list("MachineInventory") == []
+
+
+def _header(opcode: int, length: int, fin: bool = True) -> bytes:
+    """A masked client frame header (mask key 0: the payload goes as it is)."""
+    first = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        return first + bytes([0x80 | length]) + bytes(4)
+    if length < 1 << 16:
+        return first + bytes([0x80 | 126]) + struct.pack(">H", length) + bytes(4)
+    return first + bytes([0x80 | 127]) + struct.pack(">Q", length) + bytes(4)
+
+
+def _refused_too_big(ws: RawWS, got: int) -> None:
+    """An Error frame naming the limit, then Close 1009 (was a bare Close 1009)."""
+    opcode, payload = ws.frame()
+    assert opcode == 0x2, (opcode, payload[:80])
+    msg_type, body = P.decode_frame(payload)
+    limit = P.LIMITS["max-client-frame-bytes"]
+    assert msg_type == P.MsgType.ERROR
+    assert (
+        P.decode_error(body)
+        == f"websocket message bytes: {got} exceeds the limit max-client-frame-bytes={limit}"
+    )
+    opcode, payload = ws.frame()
+    assert opcode == 0x8 and payload[:2] == struct.pack(">H", 1009)
+
+
+def test_oversized_message_gets_an_error_naming_the_limit(operator: InProcessOperator) -> None:
+    ws = RawWS(operator, _reg(operator), P.plain_auth_header("52:54:00:00:22:04"))
+    assert ws.frame() == (0x2, bytes([P.MsgType.READY]))
+    got = P.LIMITS["max-client-frame-bytes"] + 1
+    # refused from the header alone: the 1 MiB body never has to arrive (nor be buffered)
+    ws.sock.sendall(_header(0x2, got) + bytes([P.MsgType.SMBIOS]) + b"{" * 1000)
+    _refused_too_big(ws, got)
+    assert operator.store.list("MachineInventory") == []
+
+
+def test_oversized_fragmented_message_is_refused(operator: InProcessOperator) -> None:
+    ws = RawWS(operator, _reg(operator), P.plain_auth_header("52:54:00:00:22:05"))
+    assert ws.frame() == (0x2, bytes([P.MsgType.READY]))
+    half = P.LIMITS["max-client-frame-bytes"] // 2 + 1
+    ws.sock.sendall(_header(0x2, half, fin=False) + bytes(half))
+    ws.sock.sendall(_header(0x9, 4) + b"ping")  # a control frame between fragments does not count
+    assert ws.frame() == (0xA, b"ping")
+    ws.sock.sendall(_header(0x0, half) + bytes(1000))
+    _refused_too_big(ws, 2 * half)
+
+
+def test_messages_under_the_limit_add_up_per_message(operator: InProcessOperator) -> None:
+    """Fragments count per message, not per connection: two 700 KiB messages pass the check."""
+    ws = RawWS(operator, _reg(operator), P.plain_auth_header("52:54:00:00:22:06"))
+    assert ws.frame() == (0x2, bytes([P.MsgType.READY]))
+    ws.send(0x2, P.encode_frame(P.MsgType.VERSION, P.encode_version()))
+    opcode, payload = ws.frame()
+    assert opcode == 0x2 and P.decode_frame(payload)[0] == P.MsgType.VERSION
+    for _ in range(2):
+        body = P.encode_frame(P.MsgType.ANNOTATIONS, b'{"a":"' + b"x" * (700 * 1024) + b'"}')
+        ws.sock.sendall(_header(0x2, len(body)) + body)
+    opcode, payload = ws.frame()
+    # the handler's own limit answers (an annotation value over 64 KiB), not the frame check
+    msg_type, text = P.decode_frame(payload)
+    assert msg_type == P.MsgType.ERROR and "max-annotation-value-bytes" in P.decode_error(text), text[:200]

@@ -1,15 +1,37 @@
-"""RFC 6455 5.1: a server must close the connection on an unmasked client frame. aiohttp's
-reader unmasks when a mask is present but accepts frames without one, so the registration
-websocket puts this check in front of it."""
+"""Frame checks in front of aiohttp's websocket reader on the registration websocket.
+
+RFC 6455 5.1: a server must close the connection on an unmasked client frame; aiohttp's reader
+unmasks when a mask is present but accepts frames without one. And a client message over
+LIMITS["max-client-frame-bytes"] is refused as soon as its frame header announces the size, with
+an Error frame naming the limit, then Close 1009 (aiohttp alone would buffer it, then send a
+bare 1009 the client cannot explain)."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from aiohttp import web
 
-# Close frame, status 1002 (protocol error); server frames are never masked.
+from elemental_common import protocol as P
+
+# Close frames, status 1002 (protocol error) and 1009 (message too big); server frames are never
+# masked.
 _CLOSE_PROTOCOL_ERROR = b"\x88\x02\x03\xea"
+_CLOSE_TOO_BIG = b"\x88\x02" + struct.pack(">H", 1009)
+_LIMIT = "max-client-frame-bytes"
+
+
+def _binary_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes([0x82, n]) if n < 126 else bytes([0x82, 126]) + struct.pack(">H", n)
+    return head + payload
+
+
+def too_big_reply(got: int) -> bytes:
+    """The server's answer to an oversized client message: an Error frame, then Close 1009."""
+    message = str(P.LimitExceeded(_LIMIT, "websocket message bytes", got))
+    return _binary_frame(P.encode_frame(P.MsgType.ERROR, P.encode_error(message))) + _CLOSE_TOO_BIG
 
 
 class MaskCheck:
@@ -21,7 +43,15 @@ class MaskCheck:
         self.transport = transport
         self.head = bytearray()
         self.skip = 0  # payload bytes of the current frame still to pass
+        self.message = 0  # payload bytes of the data message so far (fragments add up)
         self.violated = False
+
+    def _refuse(self, reply: bytes) -> tuple[bool, bytes]:
+        self.violated = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(reply)
+            self.transport.close()
+        return True, b""
 
     def feed_eof(self) -> None:
         self.inner.feed_eof()
@@ -44,14 +74,17 @@ class MaskCheck:
             masked, len7 = self.head[1] & 0x80, self.head[1] & 0x7F
             ext = 2 if len7 == 126 else 8 if len7 == 127 else 0
             if not masked:
-                self.violated = True
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(_CLOSE_PROTOCOL_ERROR)
-                    self.transport.close()
-                return True, b""
+                return self._refuse(_CLOSE_PROTOCOL_ERROR)
             if len(self.head) < 2 + ext + 4:
                 continue
             self.skip = len7 if not ext else int.from_bytes(self.head[2 : 2 + ext], "big")
+            fin, opcode = self.head[0] & 0x80, self.head[0] & 0x0F
+            if opcode < 0x8:  # data or continuation frame (control frames are ≤ 125 bytes)
+                self.message += self.skip
+                if self.message > P.LIMITS[_LIMIT]:
+                    return self._refuse(too_big_reply(self.message))
+                if fin:
+                    self.message = 0
             self.head.clear()
         result: tuple[bool, bytes] = self.inner.feed_data(data)
         return result
