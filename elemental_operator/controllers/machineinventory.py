@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from elemental_common.consts import (
     RESETTABLE_ANNOTATION,
     UNMANAGED_RESET_MARKER,
 )
+from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
     Controller,
     Key,
@@ -42,6 +44,65 @@ UNMANAGED_NAME = "os.unmanaged"
 ADOPTION_TIMEOUT = 5.0
 LOCAL_RESET_PLAN_PATH = "/oem/reset-cloud-config.yaml"
 RECOVERY_ENTRY = f"{RECOVERY_ENTRY_ID}.conf"
+
+
+# InstallProgress of a machine that stopped reporting (a power cut, a crash) would show its last
+# "50 %" for good: unchanged for this long, the controller marks it Stale; the next report (the
+# server's progress endpoint rewrites reason and message) clears it. The longest silent install
+# step is the image unpack (about a minute under TCG).
+STALE_AFTER_ENV = "ELEMENTAL_OPERATOR_PROGRESS_STALE_AFTER"
+STALE_AFTER_DEFAULT = 600.0
+STALE_REASON = "Stale"
+
+
+def stale_after() -> float:
+    try:
+        return max(1.0, float(os.environ.get(STALE_AFTER_ENV, "") or STALE_AFTER_DEFAULT))
+    except ValueError:
+        return STALE_AFTER_DEFAULT
+
+
+def _progress_condition(inv: Resource) -> dict[str, Any] | None:
+    """The InstallProgress condition itself (get_condition returns a copy)."""
+    for cond in (inv.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "InstallProgress":
+            result: dict[str, Any] = cond
+            return result
+    return None
+
+
+# (reason, message) of an unfinished InstallProgress and when this process first saw it
+ProgressSeen = dict[tuple[str, str], tuple[tuple[str, str], float]]
+
+
+def mark_stale_progress(inv: Resource, seen: ProgressSeen, now: float | None = None) -> float | None:
+    """Mark an unfinished InstallProgress Stale once it has not changed for stale_after() seconds
+    (status stays Unknown; the last message is kept and says since when); returns the delay until
+    it would turn stale, or None when there is nothing to watch.
+
+    metav1.Condition has no update time (lastTransitionTime moves only with the status), so the
+    controller remembers when it first saw each report: every report enqueues the inventory. After
+    an operator restart a report counts from when it is first seen again (never marked early)."""
+    now = time.time() if now is None else now
+    key = (inv["metadata"].get("namespace", ""), inv["metadata"]["name"])
+    cond = _progress_condition(inv)
+    if cond is None or cond.get("status") != "Unknown" or cond.get("reason") == STALE_REASON:
+        seen.pop(key, None)
+        return None
+    report = (str(cond.get("reason", "")), str(cond.get("message", "")))
+    bound = stale_after()
+    first = seen.get(key)
+    if first is None or first[0] != report:
+        seen[key] = (report, now)
+        return bound + 1.0
+    age = now - first[1]
+    if age < bound:
+        return bound - age + 1.0
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first[1]))
+    cond["reason"] = STALE_REASON
+    cond["message"] = f"{report[1]} (stale: no progress since {since}, over {bound:g}s)"
+    seen.pop(key, None)
+    return None
 
 
 def is_unmanaged(inventory: Resource) -> bool:
@@ -120,10 +181,15 @@ class MachineInventoryController(Controller):
             if ref.get("name"):
                 yield meta["namespace"], ref["name"]
 
+    def __init__(self, ctx: OperatorContext) -> None:
+        super().__init__(ctx)
+        self._progress_seen: ProgressSeen = {}
+
     def reconcile(self, namespace: str, name: str) -> float | None:
         try:
             inv = self.store.get(self.kind, namespace, name)
         except NotFound:
+            self._progress_seen.pop((namespace, name), None)
             return None
         if is_deleting(inv):
             return self._reconcile_delete(inv)
@@ -136,6 +202,7 @@ class MachineInventoryController(Controller):
         if ready is None or ready.get("reason") == "PlanCreationFailure":
             self._create_plan_secret(inv)
         requeue = self._network(inv)
+        stale_in = mark_stale_progress(inv, self._progress_seen)
         self._plan_status(inv)
         adoption = self._adoption(inv)
         if adoption == "dropped":
@@ -143,7 +210,11 @@ class MachineInventoryController(Controller):
         if inv.get("status") != before:
             self.store.update_status(inv)
         return min(
-            (d for d in (requeue, adoption if isinstance(adoption, float) else None) if d is not None),
+            (
+                d
+                for d in (requeue, stale_in, adoption if isinstance(adoption, float) else None)
+                if d is not None
+            ),
             default=None,
         )
 
