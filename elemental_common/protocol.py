@@ -80,7 +80,8 @@ LIMITS: dict[str, int] = {
     "max-annotation-value-bytes": 64 * 1024,
     "max-annotations-total-bytes": 256 * 1024,  # all annotations of the inventory (Kubernetes')
     "max-rendered-bytes": 64 * 1024,  # output of one template rendering
-    # One websocket message from a client, enforced by the operator's transport (Close 1009):
+    # One websocket message from a client, checked on its frame headers in front of the
+    # operator's websocket reader (server/wsmask.py: an Error frame naming it, then Close 1009):
     # the largest useful one is a data message, everything bigger would be refused anyway, and
     # buffering 4 MiB frames from many sessions is what raised the operator's RSS.
     "max-client-frame-bytes": 1024 * 1024 + 4096,
