@@ -172,3 +172,16 @@ def pull(ref: str, layout: Path, tag: str) -> None:
         ],
     }
     (layout / "index.json").write_text(json.dumps(index))
+
+
+def resolve(ref: str, timeout: float = 60) -> str:
+    """The digest of the linux/amd64 image manifest `ref` names now (a tag may move; a digest pins it)."""
+    host, repo, reference = parse_ref(ref)
+    body, _ = Registry(host, repo, timeout=timeout).image_manifest(reference)
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def pinned(ref: str, digest: str) -> str:
+    """`ref` with its tag replaced by `digest` (``host/repo@sha256:…``), so a pull fetches exactly it."""
+    host, repo, _ = parse_ref(ref)
+    return f"{host}/{repo}@{digest}"

@@ -13,13 +13,14 @@ BPO_PACKAGES=(
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools python3-virt-firmware
 )
 # Packages from bookworm itself (zsh: elementalctl's zsh completion is tested for real;
-# chromium: the dashboard's browser tests; sbsigntool: Secure Boot signing of systemd-boot and UKIs).
+# chromium: the dashboard's browser tests; sbsigntool: Secure Boot signing of systemd-boot and UKIs;
+# busybox-static: the static /bin/busybox the `custom` channel tests build their channel image from).
 PACKAGES=(
   mtools dosfstools erofs-utils squashfs-tools xorriso cpio zstd pigz kmod
   tpm2-tools python3-pefile python3-installer python3-venv python3-dev libtss2-dev pkg-config
   dmidecode skopeo umoci fdisk gdisk e2fsprogs util-linux debian-archive-keyring
   bubblewrap isolinux syslinux-common ca-certificates curl zsh
-  postgresql chromium sbsigntool
+  postgresql chromium sbsigntool busybox-static
 )
 
 want="${BPO_PACKAGES[*]} ${PACKAGES[*]}"

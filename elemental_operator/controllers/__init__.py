@@ -24,7 +24,7 @@ def all_controllers(
         MachineRegistrationController(ctx),
         MachineInventoryController(ctx),
         MachineInventorySelectorController(ctx),
-        ManagedOSVersionChannelController(ctx),
+        ManagedOSVersionChannelController(ctx, state_dir / "channel-images"),
         ManagedOSVersionController(ctx),
         ManagedOSImageController(ctx),
         SeedImageController(ctx, state_dir, seedimage_command, base_dir),

@@ -1,8 +1,11 @@
-"""ManagedOSVersionChannel (type json) and ManagedOSVersion (brief §1.5, §1.6, §5.2).
+"""ManagedOSVersionChannel (types json and custom) and ManagedOSVersion (brief §1.5, §1.6, §5.2).
 
-Elemental runs a syncer pod that downloads ``options.uri``; we fetch it in-process (an
-http(s) URL or a local file path), with ``options.timeout`` seconds (default 30).
-``custom`` channels need a container runtime and are refused with InvalidConfiguration.
+Elemental runs a syncer pod per sync. For ``json`` we fetch ``options.uri`` in-process (an
+http(s) URL or a local file path) with ``options.timeout`` seconds (default 30); for ``custom``
+elemental_operator.channel_runner runs ``options.image`` in a bubblewrap sandbox on a worker
+thread (Ready=False Syncing while it runs, as upstream's pod). Both outputs then take the same
+path: the JSON list becomes ManagedOSVersions, with the same status, conditions, sync interval and
+failed-attempt counting (docs/channels.md).
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elemental_common import consts
 from elemental_common.consts import (
     CHANNEL_LABEL,
     LAST_SYNC_ANNOTATION,
@@ -23,6 +29,15 @@ from elemental_common.consts import (
     NO_LONGER_IN_SYNC_ANNOTATION,
     VERSION_NAME_LABEL,
 )
+from elemental_operator.channel_runner import (
+    DEFAULT_TIMEOUT,
+    NETWORK_ANNOTATION,
+    ChannelRunError,
+    ChannelRunner,
+    InvalidChannel,
+    parse_options,
+)
+from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
     Controller,
     Key,
@@ -61,19 +76,32 @@ def parse_go_duration(text: str) -> float:
     return total
 
 
-def _timeout(value: Any) -> float:
+def _timeout(value: Any, default: float = 30.0) -> float:
     """options.timeout: seconds as a number, or a Go duration string ("30s", "1m")."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value)
     if isinstance(value, str) and value:
-        return parse_go_duration(value) or 30.0
-    return 30.0
+        return parse_go_duration(value) or default
+    return default
 
 
 def with_registry(registry: str, ref: str) -> str:
-    if not registry or not ref:
+    """Upstream's concatenation (createManagedOSVersions): a "/" between them unless one side has it."""
+    if not registry:
         return ref
-    return registry + ref if registry.endswith("/") else f"{registry}/{ref}"
+    sep = "" if registry.endswith("/") or ref.startswith("/") else "/"
+    return f"{registry}{sep}{ref}"
+
+
+def parse_versions(raw: bytes) -> list[dict[str, Any]]:
+    """A channel's output (the file json channels download, custom channel images write)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the channel's output is not JSON: {exc}") from None
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise ValueError("the channel's output must be a JSON array of ManagedOSVersions")
+    return data
 
 
 def fetch_versions(uri: str, timeout: float) -> list[dict[str, Any]]:
@@ -83,15 +111,31 @@ def fetch_versions(uri: str, timeout: float) -> list[dict[str, Any]]:
             raw = resp.read()
     else:
         raw = Path(uri.removeprefix("file://")).read_bytes()
-    data = json.loads(raw)
-    if not isinstance(data, list):
-        raise ValueError("channel data must be a JSON array of ManagedOSVersions")
-    return data
+    return parse_versions(raw)
+
+
+@dataclass
+class _Job:
+    """A custom channel's image run in flight, for one generation of one channel object."""
+
+    uid: str
+    generation: int
+    image: str
+    future: Future[bytes]
 
 
 class ManagedOSVersionChannelController(Controller):
     kind = "ManagedOSVersionChannel"
     resync = 300.0
+    POLL = 0.5  # seconds between looks at a running channel image
+
+    def __init__(self, ctx: OperatorContext, cache_dir: Path | None = None) -> None:
+        super().__init__(ctx)
+        self.runner = ChannelRunner(cache_dir or Path(consts.state_dir()) / "channel-images")
+        # Image runs are slow (pull, up to options.timeout): they run beside the single reconcile
+        # worker, which polls them, so other objects keep reconciling meanwhile.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="channel-image")
+        self._jobs: dict[tuple[str, str], _Job] = {}
 
     def reconcile(self, namespace: str, name: str) -> float | None:
         try:
@@ -108,9 +152,12 @@ class ManagedOSVersionChannelController(Controller):
         except ValueError as exc:
             set_condition(ch, "Ready", "False", "InvalidConfiguration", str(exc))
             return self._save(ch, before, None)
-        ctype = spec.get("type") or ""
-        if ctype != "json":
-            why = "spec.type is empty" if not ctype else f"unsupported channel type {ctype!r} (only json)"
+        # upstream lower-cases the type (syncer.go NewOSVersionsSyncer)
+        ctype = str(spec.get("type") or "").lower()
+        if ctype not in ("json", "custom"):
+            why = (
+                "spec.type is empty" if not ctype else f"unsupported channel type {ctype!r} (json or custom)"
+            )
             set_condition(ch, "Ready", "False", "InvalidConfiguration", why)
             return self._save(ch, before, None)
         if not spec.get("enabled", True):
@@ -129,30 +176,74 @@ class ManagedOSVersionChannelController(Controller):
         if not due and not (0 < failures <= MAX_CONSECUTIVE_FAILURES):
             return max(1.0, last + interval - time.time()) if last else interval
         options = spec.get("options") or {}
-        uri = options.get("uri") or options.get("URI") or ""
-        if not uri:
-            set_condition(
-                ch, "Ready", "False", "InvalidConfiguration", "options.uri is required for json channels"
-            )
-            return self._save(ch, before, None)
+        if ctype == "json":
+            source = options.get("uri") or options.get("URI") or ""
+            if not source:
+                set_condition(
+                    ch, "Ready", "False", "InvalidConfiguration", "options.uri is required for json channels"
+                )
+                return self._save(ch, before, None)
+            try:
+                entries = fetch_versions(source, _timeout(options.get("timeout")))
+            except Exception as exc:
+                return self._failed(ch, before, interval, failures, exc)
+        else:
+            annotations = ch["metadata"].get("annotations") or {}
+            try:
+                opts = parse_options(
+                    options,
+                    _timeout(options.get("timeout"), DEFAULT_TIMEOUT),
+                    network=annotations.get(NETWORK_ANNOTATION) == "true",
+                )
+            except (InvalidChannel, ValueError) as exc:
+                set_condition(ch, "Ready", "False", "InvalidConfiguration", str(exc))
+                return self._save(ch, before, None)
+            source = opts.image
+            key = (namespace, name)
+            job = self._jobs.get(key)
+            if job and (job.uid, job.generation) != (ch["metadata"]["uid"], ch["metadata"]["generation"]):
+                job = None  # a stale run (old spec, or a recreated object): its result is dropped
+            if job is None:
+                self._jobs[key] = _Job(
+                    ch["metadata"]["uid"],
+                    ch["metadata"]["generation"],
+                    opts.image,
+                    self._pool.submit(self.runner.fetch, opts),
+                )
+                set_condition(ch, "Ready", "False", "Syncing", f"running channel image {opts.image}")
+                return self._save(ch, before, self.POLL)
+            if not job.future.done():
+                return self.POLL
+            del self._jobs[key]
+            try:
+                entries = parse_versions(job.future.result())
+            except Exception as exc:
+                return self._failed(ch, before, interval, failures, exc)
         try:
-            entries = fetch_versions(uri, _timeout(options.get("timeout")))
             self._apply(ch, spec, entries)
         except Exception as exc:
-            failures += 1
-            status["failedSynchronizationAttempts"] = failures
-            set_condition(ch, "Ready", "False", "FailedToSync", f"{type(exc).__name__}: {exc}"[:2000])
-            # Exponential back-off (4 s → 512 s); after more than 4 failures wait a whole interval.
-            delay = interval if failures > MAX_CONSECUTIVE_FAILURES else min(4.0 * 2 ** (failures - 1), 512.0)
-            if failures > MAX_CONSECUTIVE_FAILURES:
-                status["lastSyncedTime"] = now_rfc3339()
-                status["syncedGeneration"] = ch["metadata"]["generation"]
-            return self._save(ch, before, delay)
+            return self._failed(ch, before, interval, failures, exc)
         status["failedSynchronizationAttempts"] = 0
         status["lastSyncedTime"] = now_rfc3339()
         status["syncedGeneration"] = ch["metadata"]["generation"]
-        set_condition(ch, "Ready", "True", "Synchronized", f"synced {len(entries)} versions from {uri}")
+        set_condition(ch, "Ready", "True", "Synchronized", f"synced {len(entries)} versions from {source}")
         return self._save(ch, before, interval)
+
+    def _failed(
+        self, ch: Resource, before: str, interval: float, failures: int, exc: Exception
+    ) -> float | None:
+        status = ch["status"]
+        failures += 1
+        status["failedSynchronizationAttempts"] = failures
+        # Our own errors are sentences already; anything else is named by its type.
+        text = str(exc) if isinstance(exc, ChannelRunError | ValueError) else f"{type(exc).__name__}: {exc}"
+        set_condition(ch, "Ready", "False", "FailedToSync", text[:2000])
+        # Exponential back-off (4 s → 512 s); after more than 4 failures wait a whole interval.
+        delay = interval if failures > MAX_CONSECUTIVE_FAILURES else min(4.0 * 2 ** (failures - 1), 512.0)
+        if failures > MAX_CONSECUTIVE_FAILURES:
+            status["lastSyncedTime"] = now_rfc3339()
+            status["syncedGeneration"] = ch["metadata"]["generation"]
+        return self._save(ch, before, delay)
 
     def _save(self, ch: Resource, before: str, delay: float | None) -> float | None:
         if json.dumps(ch.get("status"), sort_keys=True) != before:
@@ -197,9 +288,13 @@ class ManagedOSVersionChannelController(Controller):
                 raise ValueError("a channel entry has no metadata.name")
             vspec = dict(entry.get("spec") or {})
             vmeta = dict(vspec.get("metadata") or {})
-            for key in ("upgradeImage", "uri"):
-                if vmeta.get(key):
-                    vmeta[key] = with_registry(registry, vmeta[key])
+            if registry:
+                # upstream prefixes the image of a container version and the uri of an iso one
+                vtype = str(vspec.get("type") or "").lower()
+                field = {"container": "upgradeImage", "iso": "uri"}.get(vtype)
+                if field is None:
+                    raise ValueError(f"version {name}: cannot apply the channel's registry to type {vtype!r}")
+                vmeta[field] = with_registry(registry, str(vmeta.get(field) or ""))
             if vmeta:
                 vspec["metadata"] = vmeta
             if spec.get("upgradeContainer"):
