@@ -43,9 +43,11 @@ iso: setup
 os seed operator-image: setup
 	@$(STAGE) "image $@" $(PY) -m imagebuild $@
 
-## repack: (re)pack the seed ISO and PXE files; seconds, no rootfs rebuild
+## repack: (re)pack the seed ISO and PXE files, and publish the ISO as the OCI seed image
+## $(OUT)/seed-image (/elemental-iso/seed.iso: the operator's default SeedImage base); seconds
 repack: setup
 	@$(STAGE) "seed iso" $(PY) -m iso.pack
+	@$(STAGE) "seed image" $(PY) -m iso.seedimage
 
 ## test: the README's test command (and CI's): lint and the unit tier first, so a broken unit
 ## fails in minutes; then the images, then every other tier (integration, vm, e2e chain).

@@ -209,9 +209,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     manager = None
     if not args.no_controllers:
-        ctrls = all_controllers(
-            ctx, state, args.seedimage_command, Path(args.seedimage_base) if args.seedimage_base else None
-        )
+        ctrls = all_controllers(ctx, state, args.seedimage_command, args.seedimage_base or None)
         # An identity that lets a restart on the same host prove the old holder dead (SQLite).
         manager = Manager(ctx, ctrls, identity=lease_identity(), lease_ttl=args.lease_ttl)
         manager.start(leader_election=True)
@@ -299,7 +297,8 @@ def _add_serve(sub: Any) -> None:
     p.add_argument(
         "--seedimage-base",
         default=_env("seedimage-base"),
-        help="directory with the mkosi outputs seed images are packed from (default $OUT or ./out)",
+        help="base image of SeedImages without spec.baseImage: an image reference, an OCI layout, or a "
+        "directory holding seed-image/ (default $OUT or ./out: what make iso publishes)",
     )
     p.add_argument(
         "--lease-ttl",

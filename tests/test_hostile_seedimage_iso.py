@@ -1,6 +1,7 @@
 """A SeedImage's cloud-config reaches its ISO (issue 10's bug, fixed with issue 11 item 3): the
-real controller runs the default build (python -m iso.pack, real xorriso) over a synthetic seed,
-then the ISO is opened and the file read back."""
+real controller runs the default build (python -m iso.repack, real xorriso) over a synthetic seed
+published as an OCI seed image (iso.pack, then iso.seedimage), then the ISO is opened and the file
+read back."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from elemental_operator.controllers.base import condition_true
 from elemental_operator.controllers.machineregistration import MachineRegistrationController
 from elemental_operator.controllers.seedimage import SeedImageController, artifact_path
 from elemental_operator.store.sql import SqlStore, open_store
+from iso import pack, seedimage
 from iso.pack import ISO_CLOUD_CONFIG
 
 NS = "fleet-default"
@@ -42,6 +44,16 @@ def fake_seed(out: Path) -> Path:
     return out
 
 
+def seed_image(tmp: Path) -> Path:
+    """A seed ISO packed by iso.pack from a synthetic seed, published as an OCI seed image."""
+    out = fake_seed(tmp / "out")
+    reg = tmp / "base-registration.yaml"
+    reg.write_text("elemental:\n  registration:\n    url: https://base.invalid/registration\n")
+    assert pack.main(["--out", str(out), "--registration", str(reg), "--work", str(tmp / "pack")]) == 0
+    seedimage.publish(out / "seed.iso", tmp / "seed-image", ["0.1.0", "latest"])
+    return tmp / "seed-image"
+
+
 def iso_file(iso: Path, path: str, dest: Path) -> bytes:
     subprocess.run(
         ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", path, str(dest)],
@@ -55,7 +67,7 @@ def iso_file(iso: Path, path: str, dest: Path) -> bytes:
 def test_seedimage_cloud_config_is_in_the_iso(store: SqlStore, tmp_path: Path) -> None:
     ctx = OperatorContext(store=store, public_url="https://op.test:8443", secret_key=b"k" * 32)
     state = tmp_path / "state"
-    seeds = SeedImageController(ctx, state, base_dir=fake_seed(tmp_path / "out"))
+    seeds = SeedImageController(ctx, state, base_dir=seed_image(tmp_path))
     mgr = Manager(ctx, [MachineRegistrationController(ctx), seeds])
     store.create(
         {

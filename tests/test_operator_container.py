@@ -126,10 +126,10 @@ def test_container_serves_registration_get(rootfs: Path, tmp_path: Path) -> None
 
 
 def test_container_builds_a_seedimage(rootfs: Path, tmp_path: Path) -> None:
-    """With out/ mounted read-only on /srv/elemental (the image's seed-image base), a SeedImage
-    is packed inside the container (its own xorriso/mtools) and served for download."""
-    if not (OUT / "seed.efi").is_file() or not (OUT / "os/index.json").is_file():
-        pytest.skip(f"{OUT}/seed.efi or {OUT}/os missing (make iso)")
+    """With out/ mounted read-only on /srv/elemental (its seed-image/ is the image's default
+    SeedImage base), a SeedImage is repacked inside the container (its own xorriso) and served."""
+    if not (OUT / "seed-image/index.json").is_file():
+        pytest.skip(f"{OUT}/seed-image missing (make iso publishes it)")
     base = rootfs / "srv/elemental"
     base.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "--bind", "-o", "ro", str(OUT.resolve()), str(base)], check=True)

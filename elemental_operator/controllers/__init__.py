@@ -18,7 +18,10 @@ from elemental_operator.controllers.seedimage import SeedImageController
 
 
 def all_controllers(
-    ctx: OperatorContext, state_dir: Path, seedimage_command: str | None = None, base_dir: Path | None = None
+    ctx: OperatorContext,
+    state_dir: Path,
+    seedimage_command: str | None = None,
+    base_dir: str | Path | None = None,
 ) -> list[Controller]:
     return [
         MachineRegistrationController(ctx),

@@ -1,16 +1,20 @@
-"""SeedImage: build a seed ISO with the registration embedded, serve it, clean it up (§1.7, §5.3).
+"""SeedImage: build a seed (ISO or raw disk) with the registration embedded, serve it, clean it up.
 
-Elemental builds in a pod; we run the ISO tooling as a subprocess. The default command
-is ``python -m iso.pack`` over a work directory that links the base image's files (the
-mkosi outputs: ``spec.baseImage`` if it is a local directory, else ``$OUT`` or ``./out``)
-and leaves ``seed.iso`` there. A custom command (``--seedimage-command``) may use the
-placeholders {registration} {cloud_config} {output} {workdir} {base_image} {type} and must
-write {output}.
+Elemental builds in a pod from ``spec.baseImage``, a container image carrying the seed ISO under
+``/elemental-iso/``; we run the build as a subprocess. The default command is ``python -m
+iso.repack``: it pulls the base image once (cached by digest in ``<state>/seedimage-bases/``) and
+repacks its ISO with the registration file and ``spec.cloud-config`` (``type: raw``: a disk of the
+installed layout). An empty ``spec.baseImage`` means the operator's default base
+(``--seedimage-base``: our own seed as ``make iso`` publishes it, ``oci:$OUT/seed-image``). A
+custom command (``--seedimage-command``) may use the placeholders {registration} {cloud_config}
+{output} {workdir} {base_image} {type} {cache} {progress} and must write {output}.
 
-Artifacts are cached by a hash of every input (registration file, cloud-config, base image,
-type, command), so an identical SeedImage reuses the file and any edit (Elemental #456)
-produces a new one. The file lives at ``<state>/seedimages/<hash>/<file>``; the server finds
-it through the annotation ``elemental.cattle.io/seedimage-artifact: <hash>/<file>``.
+Artifacts are cached by a hash of every input (registration file, cloud-config, base image and,
+for a local layout, its manifest digest, type, command), so an identical SeedImage reuses the file
+and any edit (Elemental #456) produces a new one. The file lives at
+``<state>/seedimages/<hash>/<file>``, built in ``<hash>.work/``; the server finds it through the
+annotation ``elemental.cattle.io/seedimage-artifact: <hash>/<file>``. Build steps show in the
+``SeedImageReady`` condition's message; a failure is that condition with the builder's error line.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from typing import Any
 import yaml
 
 from elemental_common.consts import SEEDIMAGE_ARTIFACT_ANNOTATION
+from elemental_common.errors import Die
+from elemental_common.run import spawn
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
     Controller,
@@ -48,9 +54,12 @@ from elemental_operator.store.base import NotFound, Resource
 log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = (
-    "{python} -m iso.pack --registration {registration} --cloud-config {cloud_config} "
-    "--out {workdir} --work {workdir}/work"
+    "{python} -m iso.repack --base {base_image} --cache {cache} --registration {registration} "
+    "--cloud-config {cloud_config} --type {type} --output {output} --progress {progress}"
 )
+# The default base: what `make iso` publishes (iso/seedimage.py), under $OUT.
+SEED_IMAGE_LAYOUT = "seed-image"
+_BUILD_ERROR = re.compile(r"^[\w.-]+: error: (.*)$")
 # What the artifact annotation may hold: <input digest>/<registration name>.<type>. Checked where
 # it is written (controller, admin API) and again where it is read (download handler).
 _ARTIFACT_REF = re.compile(r"^[0-9a-f]{24}/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\.(iso|raw)$")
@@ -98,19 +107,70 @@ def client_registration_file(registration: Resource, ctx: OperatorContext) -> di
     return registration_file(registration, ctx)
 
 
+def default_base(base: str | Path | None = None) -> str:
+    """The base image reference for SeedImages without ``spec.baseImage``: ``base`` as given when
+    it is a reference; a directory is an OCI layout, or an ``$OUT`` holding ``seed-image/``
+    (the operator container mounts ``out/`` on /srv/elemental)."""
+    text = str(base) if base else os.environ.get("OUT") or "out"
+    if ":" in text and not Path(text).is_dir():
+        return text
+    path = Path(text)
+    if not (path / "index.json").is_file():
+        path = path / SEED_IMAGE_LAYOUT
+    return f"oci:{path.resolve()}"
+
+
+def _layout_stamp(ref: str) -> str:
+    """For an ``oci:`` layout, a hash of its index (a rebuilt seed is a new input); else ""."""
+    if not ref.startswith("oci:"):
+        return ""
+    rest = ref[4:]
+    path, _, tag = rest.rpartition(":")
+    layout = Path(path if path and "/" not in tag else rest)
+    try:
+        return hashlib.sha256((layout / "index.json").read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _failure(rc: int | None, log_text: str) -> str:
+    """The condition message of a failed build: the builder's own error line (and hint) when it
+    printed one, else the exit status and the log's tail."""
+    lines = log_text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        m = _BUILD_ERROR.match(lines[i])
+        if m:
+            hint = lines[i + 1].strip() if i + 1 < len(lines) and lines[i + 1].startswith("  hint:") else ""
+            return m.group(1) + (f" ({hint})" if hint else "")
+    return f"build exited {rc}: {log_text[-1500:]}"
+
+
 class SeedImageController(Controller):
     kind = "SeedImage"
     watches = ("MachineRegistration",)
     resync = 300.0
 
     def __init__(
-        self, ctx: OperatorContext, state_dir: Path, command: str | None = None, base_dir: Path | None = None
+        self,
+        ctx: OperatorContext,
+        state_dir: Path,
+        command: str | None = None,
+        base_dir: str | Path | None = None,
     ) -> None:
         super().__init__(ctx)
         self.cache = Path(state_dir) / "seedimages"
+        self.bases = Path(state_dir) / "seedimage-bases"
         self.command = command or DEFAULT_COMMAND
-        self.base_dir = base_dir or Path(os.environ.get("OUT") or "out")
+        self.default_base = default_base(base_dir)
         self.builds: dict[str, subprocess.Popen[bytes]] = {}
+        self.running: dict[str, str] = {}  # key -> input digest of its running build
         # key -> input digest of a build that failed: not started again for the same inputs
         # (else every status write would restart it) until retriggerBuild or an input change.
         # In memory: an operator restart retries once.
@@ -129,6 +189,7 @@ class SeedImageController(Controller):
         try:
             si = self.store.get(self.kind, namespace, name)
         except NotFound:
+            self._sweep()
             return None
         if is_deleting(si):
             return None
@@ -177,9 +238,11 @@ class SeedImageController(Controller):
         registration = yaml.safe_dump(client_registration_file(reg, self.ctx), sort_keys=False)
         cloud_config = marshal_cloud_config(spec.get("cloud-config"))
         itype = spec.get("type") or "iso"
-        base = spec.get("baseImage") or ""
+        base = (spec.get("baseImage") or "").strip() or self.default_base
         digest = hashlib.sha256(
-            json.dumps([registration, cloud_config, base, itype, self.command], sort_keys=True).encode()
+            json.dumps(
+                [registration, cloud_config, base, _layout_stamp(base), itype, self.command], sort_keys=True
+            ).encode()
         ).hexdigest()[:24]
         filename = f"{reg['metadata']['name']}.{itype}"
         if not valid_artifact_ref(f"{digest}/{filename}"):
@@ -208,7 +271,9 @@ class SeedImageController(Controller):
                 status.update(
                     downloadToken=token, downloadURL=url, checksumURL=url + ".sha256", state="Completed"
                 )
-                set_condition(si, "SeedImageReady", "True", "SeedImageBuildSuccess", "")
+                set_condition(
+                    si, "SeedImageReady", "True", "SeedImageBuildSuccess", f"seed image {itype} available"
+                )
             minutes = spec.get("cleanupAfterMinutes", 60)
             ready_at = (
                 parse_time((get_condition(si, "SeedImageReady") or {}).get("lastTransitionTime"))
@@ -223,49 +288,61 @@ class SeedImageController(Controller):
         if proc is None and self.failed.get(key) == digest:
             return self._save(si, before, None)  # failed with these inputs; retriggerBuild retries
         if proc is None:
-            if itype != "iso" and self.command == DEFAULT_COMMAND:
+            if digest in self.running.values():
                 set_condition(
-                    si,
-                    "SeedImageReady",
-                    "False",
-                    "SeedImageBuildFailure",
-                    "raw seed images need a custom --seedimage-command",
+                    si, "SeedImageReady", "False", "SeedImageBuildOngoing", "waiting for an identical build"
                 )
+                return self._save(si, before, 2.0)
+            try:
+                self.builds[key] = self._start(outdir, artifact, registration, cloud_config, base, itype)
+            except Die as e:
+                set_condition(si, "SeedImageReady", "False", "SeedImageBuildFailure", e.message)
                 status["state"] = "Failed"
+                self.failed[key] = digest
                 return self._save(si, before, None)
-            self.builds[key] = self._start(outdir, artifact, registration, cloud_config, base, itype)
+            self.running[key] = digest
             status.update(state="Started")
             status.pop("downloadToken", None)
             status.pop("downloadURL", None)
             status.pop("checksumURL", None)
-            set_condition(si, "SeedImageReady", "False", "SeedImageBuildOngoing", "building")
+            set_condition(
+                si,
+                "SeedImageReady",
+                "False",
+                "SeedImageBuildOngoing",
+                f"seed image build started from {base}",
+            )
             return self._save(si, before, 2.0)
+        work = outdir.with_name(outdir.name + ".work")
         rc = proc.poll()
         if rc is None:
+            step = _read(work / "progress").strip()
+            if step:
+                set_condition(si, "SeedImageReady", "False", "SeedImageBuildOngoing", step)
             return self._save(si, before, 2.0)
         del self.builds[key]
-        work = outdir.with_name(outdir.name + ".work")
+        self.running.pop(key, None)
         produced = work / "output" / filename
-        if rc == 0 and not produced.exists() and (work / "seed.iso").exists():
-            produced = work / "seed.iso"
         if rc != 0 or not produced.exists():
-            tail = (
-                (work / "build.log").read_text(errors="replace")[-1500:]
-                if (work / "build.log").exists()
-                else ""
-            )
             set_condition(
-                si, "SeedImageReady", "False", "SeedImageBuildFailure", f"build exited {rc}: {tail}"
+                si,
+                "SeedImageReady",
+                "False",
+                "SeedImageBuildFailure",
+                _failure(rc, _read(work / "build.log")),
             )
             status["state"] = "Failed"
             self.failed[key] = digest
             return self._save(si, before, None)
         outdir.mkdir(parents=True, exist_ok=True)
-        sha = hashlib.sha256()
-        with produced.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                sha.update(chunk)
-        (outdir / (filename + ".sha256")).write_text(f"{sha.hexdigest()}  {filename}\n")
+        checksum = _read(produced.with_name(filename + ".sha256")).split()
+        if not checksum:  # a custom command wrote only the artifact
+            sha = hashlib.sha256()
+            with produced.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(chunk)
+            checksum = [sha.hexdigest()]
+        (outdir / (filename + ".sha256")).write_text(f"{checksum[0]}  {filename}\n")
         os.replace(produced, artifact)  # rename last: the artifact's existence means "complete"
         shutil.rmtree(work, ignore_errors=True)
         return 0.0
@@ -278,11 +355,6 @@ class SeedImageController(Controller):
         (work / "output").mkdir(parents=True)
         (work / "registration.yaml").write_text(registration)
         (work / "cloud-config.yaml").write_text(cloud_config)
-        base_dir = Path(base) if base and Path(base).is_dir() else self.base_dir
-        if base_dir.is_dir():
-            for entry in base_dir.iterdir():
-                if entry.name not in ("seed.iso", "pxe", "work") and not (work / entry.name).exists():
-                    (work / entry.name).symlink_to(entry.resolve())
         argv = [
             part.format(
                 python=sys.executable,
@@ -292,15 +364,34 @@ class SeedImageController(Controller):
                 workdir=work,
                 base_image=base,
                 type=itype,
+                cache=self.bases,
+                progress=work / "progress",
             )
             for part in shlex.split(self.command)
         ]
         log.info("seed image build: %s", shlex.join(argv))
         logf = (work / "build.log").open("wb")
         try:
-            return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return spawn(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         finally:
             logf.close()
+
+    def _sweep(self) -> None:
+        """Remove build directories no SeedImage points at any more (deleted SeedImages): the
+        artifacts of others and running builds stay."""
+        if not self.cache.is_dir():
+            return
+        keep = set(self.running.values())
+        for s in self.store.list(self.kind):
+            ref = (s["metadata"].get("annotations") or {}).get(SEEDIMAGE_ARTIFACT_ANNOTATION) or ""
+            keep.add(ref.partition("/")[0])
+        for d in self.cache.iterdir():
+            name = d.name.removesuffix(".work")
+            # young: a build that has just finished is annotated on its next reconcile
+            young = time.time() - d.stat().st_mtime < 120
+            if re.fullmatch(r"[0-9a-f]{24}", name) and name not in keep and not young:
+                log.info("seed image build directory %s: no SeedImage uses it, removed", d)
+                shutil.rmtree(d, ignore_errors=True)
 
     def _expire(self, si: Resource, artifact: Path) -> None:
         status = si["status"]
