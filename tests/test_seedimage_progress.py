@@ -67,3 +67,13 @@ def test_build_steps_are_in_the_condition(store: SqlStore, tmp_path: Path) -> No
     gate.with_name("gate2").touch()
     run_until(mgr, lambda: condition_true(store.get("SeedImage", NS, "s1"), "SeedImageReady"), timeout=30)
     assert message() == "seed image iso available"
+
+
+def test_failure_message_is_the_builders_error_line() -> None:
+    from elemental_operator.controllers.seedimage import _failure
+
+    log = "[ 0.1s] resolving r\niso.repack: error: cannot pull base image r: HTTP 404\n  hint: check it\n"
+    assert _failure(1, log) == "cannot pull base image r: HTTP 404 (hint: check it)"
+    log = "iso.repack: error: xorriso -indev b failed (exit 5):\nlibisoburn: no ISO\n  hint: readable\n"
+    assert _failure(1, log) == "xorriso -indev b failed (exit 5): libisoburn: no ISO (hint: readable)"
+    assert _failure(3, "no xorriso here\n") == "build exited 3: no xorriso here\n"

@@ -147,8 +147,12 @@ def _failure(rc: int | None, log_text: str) -> str:
     for i in range(len(lines) - 1, -1, -1):
         m = _BUILD_ERROR.match(lines[i])
         if m:
-            hint = lines[i + 1].strip() if i + 1 < len(lines) and lines[i + 1].startswith("  hint:") else ""
-            return m.group(1) + (f" ({hint})" if hint else "")
+            # a failed tool's error ends with ':' and its last output lines follow, then the hint
+            rest = lines[i + 1 : i + 4]
+            hint = next((x.strip() for x in rest if x.startswith("  hint:")), "")
+            detail = [x.strip() for x in rest if x.strip() and not x.startswith("  hint:")]
+            text = m.group(1) + (" " + " / ".join(detail[:2]) if m.group(1).endswith(":") and detail else "")
+            return text + (f" ({hint})" if hint else "")
     return f"build exited {rc}: {log_text[-1500:]}"
 
 
