@@ -278,7 +278,7 @@ def test_generators(tmp_path: Path, what: str) -> None:
 
 
 def test_merge_patch_rfc7386_examples() -> None:
-    from elemental_operator.ctl.patching import merge_patch
+    from elemental_operator.api.patch import merge_patch
 
     # from RFC 7386 appendix A
     assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
@@ -290,8 +290,7 @@ def test_merge_patch_rfc7386_examples() -> None:
 
 
 def test_json_patch_rfc6902_operations() -> None:
-    from elemental_operator.ctl.client import CtlError
-    from elemental_operator.ctl.patching import json_patch
+    from elemental_operator.api.patch import PatchError, json_patch
 
     doc = {"foo": ["bar", "baz"], "a/b": 1, "m~n": 2}
     assert json_patch(doc, [{"op": "add", "path": "/foo/1", "value": "qux"}])["foo"] == ["bar", "qux", "baz"]
@@ -312,12 +311,12 @@ def test_json_patch_rfc6902_operations() -> None:
         ([{"path": "/x"}], "needs 'op' and 'path'"),
         ([{"op": "add", "path": "x", "value": 1}], "must start with '/'"),
     ):
-        with pytest.raises(CtlError, match=message.replace("[", r"\[")):
+        with pytest.raises(PatchError, match=message.replace("[", r"\[")):
             json_patch(doc, ops)
 
 
 def test_strategic_merge_keys_conditions_by_type_and_named_items_by_name() -> None:
-    from elemental_operator.ctl.patching import strategic_merge
+    from elemental_operator.api.patch import strategic_merge
 
     cur = {
         "status": {

@@ -311,7 +311,7 @@ def test_apply_sources_dry_run_explain_api_resources(sh: Shell, tmp_path: Path) 
         == "machineinventory.elemental.cattle.io/m1 created (dry run)\n"
     )
     assert sh.fails("elementalctl create -f mi.yaml --dry-run=server").startswith(
-        'Error from server (AlreadyExists): machineinventory.elemental.cattle.io "m1" already exists'
+        'Error from server (AlreadyExists): machineinventories.elemental.cattle.io "m1" already exists'
     )
     assert sh.fails("elementalctl create -f mi.yaml").startswith("Error from server (AlreadyExists)")
     # -f URL (the docs apply manifests from raw.githubusercontent.com): served from loopback here
@@ -679,12 +679,16 @@ def test_wait_times_out_and_patch_json_errors(sh: Shell) -> None:
     assert sh.fails("elementalctl wait mi/m1 --for=condition=Never --timeout=1s") == (
         "elementalctl: error: timed out waiting for the condition on machineinventories/m1"
     )
+    # the operator applies the patch (PATCH, application/json-patch+json) and names what failed
     assert sh.fails('elementalctl patch mi m1 --type json -p \'[{"op":"remove","path":"/spec/nope"}]\'') == (
-        "json patch: path '/spec/nope' does not exist"
+        "Error from server (Invalid): json patch: path '/spec/nope' does not exist"
     )
     assert sh.fails(
         'elementalctl patch mi m1 --type json -p \'[{"op":"test","path":"/spec/tpmHash","value":"q"}]\''
-    ) == ("json patch: test failed at '/spec/tpmHash'")
+    ) == ("Error from server (Invalid): json patch: test failed at '/spec/tpmHash'")
+    assert sh.fails(
+        'elementalctl patch mi m1 --dry-run=client --type json -p \'[{"op":"remove","path":"/spec/nope"}]\''
+    ) == ("error: json patch: path '/spec/nope' does not exist")
     assert sh.fails('elementalctl patch mi m1 --type merge -p \'{"spec":{"tpmHsh":1}}\'') == (
         "Error from server (Invalid): spec.tpmHsh: unknown field"
     )
@@ -940,4 +944,75 @@ def test_watch_prints_objects_for_json_and_name(sh: Shell) -> None:
     assert (
         sh.ok("elementalctl watch mi -o name --timeout 1s").splitlines()[0]
         == "machineinventory.elemental.cattle.io/m1"
+    )
+
+
+BOMB = f"""\
+apiVersion: {API}
+kind: MachineRegistration
+metadata: {{name: bomb, namespace: fleet-default}}
+spec:
+  config:
+    cloud-config:
+      a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+      b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+      c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+      d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+      e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+      f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+      g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+      h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+      i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_alias_bomb_is_refused_locally_and_small_aliases_work(sh: Shell, tmp_path: Path) -> None:
+    """A 700-byte "billion laughs" (9^9 scalars once expanded) used to hang apply while it was
+    turned into JSON; it is measured on the YAML graph and refused, naming file and document."""
+    import time
+
+    (tmp_path / "bomb.yaml").write_text(f"{INVENTORY}---\n{BOMB}")
+    started = time.monotonic()
+    assert sh.fails(f"elementalctl apply -f {tmp_path}/bomb.yaml") == (
+        f"elementalctl: error: {tmp_path}/bomb.yaml: document 2, line 9, column 1: YAML aliases expand "
+        "this document to more than 1000000 nodes (an alias bomb?); write the repeated parts out"
+    )
+    assert time.monotonic() - started < 5
+    assert not sh.op.ctx.store.list("MachineInventory", NS)  # nothing of the file was sent
+    recursive = f"apiVersion: {API}\nkind: Metadata\nmetadata: {{name: r}}\nspec: &s {{annotations: *s}}\n"
+    assert "more than 1000000 nodes" in sh.fails("elementalctl apply -f -", recursive)
+    # anchors a person writes (and merge keys) stay usable: kubectl's YAML reader takes them too
+    small = (
+        f"apiVersion: {API}\nkind: MachineRegistration\nmetadata: {{name: anchors}}\n"
+        "spec:\n  machineInventoryLabels: &l {site: lab, rack: a1}\n  machineInventoryAnnotations:\n"
+        "    <<: *l\n    extra: x\n"
+    )
+    assert (
+        sh.ok("elementalctl apply -f -", small) == "machineregistration.elemental.cattle.io/anchors created\n"
+    )
+    spec = sh.op.ctx.store.get("MachineRegistration", NS, "anchors")["spec"]
+    assert spec["machineInventoryAnnotations"] == {"site": "lab", "rack": "a1", "extra": "x"}
+
+
+def test_server_dry_run_is_the_operators(sh: Shell) -> None:
+    """--dry-run=server sends the request with ?dryRun=All: the operator's checks answer, nothing is stored."""
+    sh.ok("elementalctl apply -f mi.yaml")
+    before = sh.op.ctx.store.get("MachineInventory", NS, "m1")
+    assert sh.ok(
+        'elementalctl patch mi m1 --dry-run=server --type merge -p \'{"metadata":{"labels":{"x":"y"}}}\''
+    ) == ("machineinventory.elemental.cattle.io/m1 patched (server dry run)\n")
+    assert sh.fails(
+        'elementalctl patch mi m1 --dry-run=server --type merge -p \'{"spec":{"tpmHsh":1}}\''
+    ) == ("Error from server (Invalid): spec.tpmHsh: unknown field")
+    assert sh.ok("elementalctl label mi m1 x=y --dry-run=server") == (
+        "machineinventory.elemental.cattle.io/m1 labeled (server dry run)\n"
+    )
+    assert sh.ok("elementalctl delete mi m1 --dry-run=server") == (
+        'machineinventory.elemental.cattle.io "m1" deleted (server dry run)\n'
+    )
+    assert sh.fails("elementalctl delete mi nope --dry-run=server").startswith("Error from server (NotFound)")
+    after = sh.op.ctx.store.get("MachineInventory", NS, "m1")
+    assert (after["metadata"].get("labels"), after["metadata"].get("deletionTimestamp")) == (
+        before["metadata"].get("labels"),
+        None,
     )

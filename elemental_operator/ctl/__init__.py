@@ -35,9 +35,8 @@ VALUE_FLAGS = {
 }
 
 DRY_RUN_HELP = (
-    "none (default), client (validate locally, send nothing) or server; the admin API has no "
-    "dry-run, so 'server' also validates client-side with the operator's own schemas (and checks "
-    "existence with a GET) without writing"
+    "none (default), client (validate locally with the operator's own schemas, send nothing) or "
+    "server (send with ?dryRun=All: the operator runs every check and stores nothing)"
 )
 
 

@@ -38,12 +38,19 @@ class Client:
         else:
             self.ssl = None
 
-    def _open(self, method: str, path: str, body: Any = None, timeout: float | None = 60) -> IO[bytes]:
+    def _open(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float | None = 60,
+        content_type: str = "application/json",
+    ) -> IO[bytes]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         try:
             resp: IO[bytes] = urllib.request.urlopen(req, timeout=timeout, context=self.ssl)
             return resp
@@ -65,8 +72,18 @@ class Client:
             f"{self.base}{path.split('?')[0]}: the answer is not JSON (is {self.server} an operator?)"
         )
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        with self._open(method, path, body) as resp:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        dry_run: bool = False,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One request; ``dry_run`` adds ``?dryRun=All`` (the server checks everything, stores nothing)."""
+        if dry_run:
+            path += ("&" if "?" in path else "?") + "dryRun=All"
+        with self._open(method, path, body, content_type=content_type) as resp:
             try:
                 return json.loads(resp.read() or b"null")
             except ValueError:

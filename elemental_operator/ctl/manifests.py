@@ -23,6 +23,37 @@ SUFFIXES = (".yaml", ".yml", ".json")
 
 _SEGMENT = re.compile(r"\[\d+\]|[^.\[\]]+")
 
+# Aliases are kept (kubectl's YAML reader takes them) but bounded: a few hundred bytes of nested
+# aliases ("billion laughs") expand into billions of nodes when the document is sent as JSON.
+MAX_EXPANDED_NODES = 1_000_000
+
+
+def expanded_size(root: yaml.Node) -> int:
+    """Nodes in the tree ``root`` becomes once every alias is expanded; linear in the graph
+    (each distinct node is sized once), so a bomb is measured without being expanded."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are still being sized
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order without recursion: a deep document must not hit Python's limit
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not children_done:
+            if any(id(c) in open_ for c in children):
+                return MAX_EXPANDED_NODES + 1  # a recursive alias (&a [*a]) expands forever
+            open_.add(id(node))
+            stack.append((node, True))
+            stack += [(c, False) for c in children if id(c) not in sizes]
+            continue
+        open_.discard(id(node))
+        sizes[id(node)] = min(1 + sum(sizes.get(id(c), 1) for c in children), MAX_EXPANDED_NODES + 1)
+    return sizes[id(root)]
+
 
 @dataclass
 class Doc:
@@ -149,6 +180,13 @@ def parse_text(source: str, text: str) -> list[Doc]:
             for composed in yaml.compose_all(text, Loader=yaml.SafeLoader):
                 nodes.append(composed)
                 index += 1  # while composing, for a syntax error's document number
+                if composed is not None and expanded_size(composed) > MAX_EXPANDED_NODES:
+                    mark = composed.start_mark
+                    raise CtlError(
+                        f"{source}: document {index}, line {mark.line + 1}, column {mark.column + 1}: "
+                        f"YAML aliases expand this document to more than {MAX_EXPANDED_NODES} nodes "
+                        "(an alias bomb?); write the repeated parts out"
+                    )
             index = 0
             loaded = yaml.safe_load_all(text)
         for doc in loaded:

@@ -25,7 +25,8 @@ from typing import IO, Any
 import yaml
 
 from elemental_operator.api import GROUP, VERSION, KindInfo, ValidationError, validate
-from elemental_operator.ctl import jsonpath, manifests, output, patching
+from elemental_operator.api import patch as patches
+from elemental_operator.ctl import jsonpath, manifests, output
 from elemental_operator.ctl.client import Client, CtlError
 from elemental_operator.ctl.resources import Target, parse, qualified, ref, resolve_type
 
@@ -212,9 +213,13 @@ def _last_applied(obj: dict[str, Any]) -> Any:
         return None  # a hand-edited annotation: apply as if there were none
 
 
+def _server_dry(args: argparse.Namespace) -> bool:
+    return getattr(args, "dry_run", "none") == "server"
+
+
 def _check_locally(obj: dict[str, Any]) -> None:
-    """Dry runs: the admin API has no dry-run, so the object is checked with the same schemas
-    the server validates with (``api.validate``)."""
+    """``--dry-run=client``: the object is checked with the same schemas the server validates
+    with (``api.validate``) and nothing is sent; ``server`` sends it with ``?dryRun=All``."""
     try:
         validate(obj)
     except ValidationError as exc:
@@ -245,15 +250,11 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
             applied["metadata"].pop("annotations", None)
         meta.setdefault("annotations", {})[LAST_APPLIED] = json.dumps(applied, separators=(",", ":"))
     if create_only or not name:
-        if dry:
+        if args.dry_run == "client":
             _check_locally(obj)
-            if name and args.dry_run == "server" and _exists(s, info, ns, name):
-                raise CtlError(
-                    f'Error from server (AlreadyExists): {qualified(info)} "{name}" already exists'
-                )
             return f"{ref(info, name or meta.get('generateName', '') + '*')} created{_dry_suffix(args)}"
-        out = s.client.call("POST", Client.collection(info, ns), obj)
-        return f"{ref(info, out['metadata']['name'])} created"
+        out = s.client.call("POST", Client.collection(info, ns), obj, dry_run=_server_dry(args))
+        return f"{ref(info, out['metadata']['name'])} created{_dry_suffix(args)}"
     # Read-modify-write; a controller may touch the object (finalizers, status) between our GET
     # and PUT, so retry on a stale resourceVersion unless the file itself pinned one.
     pinned = "resourceVersion" in meta
@@ -263,10 +264,12 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
         except CtlError as exc:
             if exc.status != 404:
                 raise
-            if dry:
+            if args.dry_run == "client":
                 _check_locally(obj)
                 return f"{ref(info, name)} created{_dry_suffix(args)}"
-            out = s.client.call("POST", Client.collection(info, ns), obj)
+            out = s.client.call("POST", Client.collection(info, ns), obj, dry_run=_server_dry(args))
+            if dry:
+                return f"{ref(info, name)} created{_dry_suffix(args)}"
             if status is not None and info.has_status:
                 s.client.call("PUT", Client.item(info, ns, name) + "/status", {**out, "status": status})
             return f"{ref(info, name)} created"
@@ -278,7 +281,10 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
             )
         new = _three_way(previous, obj, cur)
         if dry:
-            _check_locally(new)
+            if args.dry_run == "client":
+                _check_locally(new)
+            elif new != cur:
+                s.client.call("PUT", Client.item(info, ns, name), new, dry_run=True)
             changed = new != cur or (status is not None and status != cur.get("status"))
             return f"{ref(info, name)} {'configured' if changed else 'unchanged'}{_dry_suffix(args)}"
         if new == cur:
@@ -295,16 +301,6 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
         s.client.call("PUT", Client.item(info, ns, name) + "/status", {**out, "status": status})
         changed = True
     return f"{ref(info, name)} {'configured' if changed else 'unchanged'}"
-
-
-def _exists(s: Session, info: KindInfo, ns: str, name: str) -> bool:
-    try:
-        s.client.get(info, ns, name)
-        return True
-    except CtlError as exc:
-        if exc.status == 404:
-            return False
-        raise
 
 
 def cmd_apply(args: argparse.Namespace, s: Session, create_only: bool = False) -> int:
@@ -371,11 +367,10 @@ def cmd_delete(args: argparse.Namespace, s: Session) -> int:
     gone: list[tuple[KindInfo, str, str]] = []
     for info, ns, name in chosen:
         try:
-            if args.dry_run != "none":
-                if args.dry_run == "server" and not _exists(s, info, ns, name):
-                    raise CtlError(_not_found(info, name), 404)
+            if args.dry_run == "client":
+                pass  # kubectl's client dry run of delete sends nothing
             else:
-                s.client.call("DELETE", Client.item(info, ns, name))
+                s.client.call("DELETE", Client.item(info, ns, name), dry_run=_server_dry(args))
             s.out.write(f'{qualified(info)} "{name}" deleted{_dry_suffix(args)}\n')
             gone.append((info, ns, name))
         except CtlError as exc:
@@ -443,12 +438,14 @@ def _update(
         new.setdefault("metadata", {})["resourceVersion"] = cur["metadata"].get("resourceVersion")
         if new == cur:
             return False
-        if args.dry_run != "none":
+        if args.dry_run == "client":
             _check_locally(new)
             return True
         path = Client.item(info, ns, name) + (f"/{subresource}" if subresource else "")
         try:
-            out = s.client.call("PUT", path, new)
+            out = s.client.call("PUT", path, new, dry_run=_server_dry(args))
+            if _server_dry(args):
+                return True
         except CtlError as exc:
             if exc.status == 409 and attempt < RETRIES - 1:
                 continue
@@ -567,6 +564,26 @@ def _patch_body(args: argparse.Namespace) -> Any:
         raise CtlError(f"{source}{where}: not valid JSON or YAML ({getattr(exc, 'problem', exc)})") from None
 
 
+def _patch_one(s: Session, info: KindInfo, ns: str, name: str, body: Any, args: argparse.Namespace) -> bool:
+    """The admin API's PATCH with the patch type's content type (the server applies it in one
+    write); ``--dry-run=client`` applies it to a GET locally. Returns whether anything changed."""
+    path = Client.item(info, ns, name) + (f"/{args.subresource}" if args.subresource else "")
+    cur = s.client.get(info, ns, name)
+    if args.dry_run == "client":
+        try:
+            new = patches.apply(args.type, copy.deepcopy(cur), body)
+        except patches.PatchError as exc:
+            raise CtlError(f"error: {exc}") from None
+        _check_locally(new)
+        return new != cur
+    out = s.client.call(
+        "PATCH", path, body, dry_run=_server_dry(args), content_type=patches.CONTENT_TYPES[args.type]
+    )
+    if _server_dry(args):
+        return bool(out != cur)
+    return bool(out["metadata"].get("resourceVersion") != cur["metadata"].get("resourceVersion"))
+
+
 def cmd_patch(args: argparse.Namespace, s: Session) -> int:
     body = _patch_body(args)
     # The patch's shape is checked before any request, so a bad patch is one error, not one per object.
@@ -583,9 +600,7 @@ def cmd_patch(args: argparse.Namespace, s: Session) -> int:
             rc = 1
             continue
         try:
-            changed = _update(
-                s, info, ns, name, lambda o: patching.apply(args.type, o, body), args, args.subresource
-            )
+            changed = _patch_one(s, info, ns, name, body, args)
         except CtlError as exc:
             s.err.write((_not_found(info, name) if exc.status == 404 else exc.message) + "\n")
             rc = 1

@@ -25,6 +25,7 @@ from elemental_common.consts import (
     SEEDIMAGE_ARTIFACT_ANNOTATION,
 )
 from elemental_operator.api import KindInfo, ValidationError, kinds
+from elemental_operator.api import patch as patches
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
     plan_checksum,
@@ -56,7 +57,6 @@ STATE_KEY = web.AppKey("state_dir", Path)
 MAX_BODY = 4 << 20
 
 
-
 async def _run(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
@@ -73,6 +73,12 @@ def _error(exc: Exception) -> web.Response:
         return _status(507, "InsufficientStorage", str(exc))
     if isinstance(exc, ValidationError):
         return _status(422, "Invalid", str(exc))
+    if isinstance(exc, patches.PatchError):
+        return _status(422, "Invalid", str(exc))
+    if isinstance(exc, UnsupportedPatch):
+        return _status(415, "UnsupportedMediaType", str(exc))
+    if isinstance(exc, BadDryRun):
+        return _status(400, "BadRequest", str(exc))
     if isinstance(exc, NotFound):
         return _status(404, "NotFound", str(exc))
     if isinstance(exc, AlreadyExists):
@@ -416,6 +422,31 @@ class BodyTooLarge(Exception):
     """Request body over MAX_BODY: 413."""
 
 
+class UnsupportedPatch(Exception):
+    """A PATCH whose Content-Type is none of the patch types: 415, as the API server answers."""
+
+
+class BadDryRun(Exception):
+    """A ``dryRun`` query value other than ``All``: 400."""
+
+
+def _dry_run(request: web.Request) -> bool:
+    """``?dryRun=All``: the request runs every check (schema, existence, resourceVersion) and answers
+    with the object it would store, and nothing is written (the Kubernetes API server's dry run)."""
+    values = request.query.getall("dryRun", [])
+    if any(v != "All" for v in values):
+        raise BadDryRun(f'dryRun: Unsupported value: {values[0]!r}: supported values: "All"')
+    return bool(values)
+
+
+def _write(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run a store write, rolled back when the request is a dry run (in the worker thread)."""
+    if not _dry_run(request):
+        return fn(*args)
+    with request.app[CTX_KEY].store.dry_run():
+        return fn(*args)
+
+
 def _parse_body(raw: bytes) -> Any:
     """JSON, else YAML without aliases. Runs in a worker thread: a big body must not stall the
     event loop (issue 11: a 48 MB body stopped /healthz for 15 s)."""
@@ -487,7 +518,12 @@ async def admin_create(request: web.Request) -> web.Response:
             raise ValidationError("metadata.namespace: does not match the request path")
         if ns:
             meta["namespace"] = ns
-        created = await _run(ctx.store.create, obj)
+        created = await _run(_write, request, ctx.store.create, obj)
+    except AlreadyExists:  # the API server's words: resource.group "name"
+        group = f".{info.api_version.split('/')[0]}" if "/" in info.api_version else ""
+        return _status(
+            409, "AlreadyExists", f'{info.plural}{group} "{obj["metadata"].get("name")}" already exists'
+        )
     except Exception as exc:
         return _error(exc)
     return web.json_response(created, status=201)
@@ -520,7 +556,59 @@ async def admin_update(request: web.Request) -> web.Response:
         if request.match_info.get("namespace"):
             meta["namespace"] = request.match_info["namespace"]
         fn = ctx.store.update_status if status_only else ctx.store.update
-        out = await _run(fn, obj)
+        out = await _run(_write, request, fn, obj)
+    except Exception as exc:
+        return _error(exc)
+    return web.json_response(out)
+
+
+PATCH_TYPES = {v: k for k, v in patches.CONTENT_TYPES.items()}
+PATCH_RETRIES = 5
+
+
+def _patched(store: Any, info: KindInfo, ns: str, name: str, kind: str, body: Any, status_only: bool) -> Any:
+    """Apply a patch to the stored object and write it with the resourceVersion it was read at;
+    a concurrent write (409) re-reads and re-applies, unless the patch itself names a
+    resourceVersion (then the 409 is the answer, as in Kubernetes)."""
+    pinned = isinstance(body, dict) and "resourceVersion" in (body.get("metadata") or {})
+    for attempt in range(PATCH_RETRIES):
+        cur = store.get(info.kind, ns, name)
+        new = patches.apply(kind, cur, body)
+        meta = new.get("metadata")
+        if not isinstance(meta, dict):
+            raise ValidationError("metadata: must be an object")
+        for key in ("name", "namespace"):
+            if meta.get(key, cur["metadata"].get(key)) != cur["metadata"].get(key):
+                raise ValidationError(f"metadata.{key}: a patch cannot change it")
+        if not pinned:
+            meta["resourceVersion"] = cur["metadata"].get("resourceVersion")
+        try:
+            return (store.update_status if status_only else store.update)(new)
+        except Conflict:
+            if pinned or attempt == PATCH_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def admin_patch(request: web.Request) -> web.Response:
+    """PATCH as the Kubernetes API server takes it: ``application/merge-patch+json`` (RFC 7386),
+    ``application/json-patch+json`` (RFC 6902) and ``application/strategic-merge-patch+json`` (which
+    Kubernetes refuses for custom resources; here a merge whose condition lists merge by type)."""
+    ctx = request.app[CTX_KEY]
+    info = _kind_for(request.match_info["plural"])
+    status_only = request.path.endswith("/status")
+    try:
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        kind = PATCH_TYPES.get(ctype)
+        if kind is None:
+            raise UnsupportedPatch(
+                f"the body of the request was in an unknown format ({ctype or 'none'}) - accepted media "
+                f"types include: {', '.join(patches.CONTENT_TYPES.values())}"
+            )
+        body = await _body(request)
+        ns = request.match_info.get("namespace", "")
+        name = request.match_info["name"]
+        out = await _run(_write, request, _patched, ctx.store, info, ns, name, kind, body, status_only)
     except Exception as exc:
         return _error(exc)
     return web.json_response(out)
@@ -531,7 +619,12 @@ async def admin_delete(request: web.Request) -> web.Response:
     info = _kind_for(request.match_info["plural"])
     try:
         out = await _run(
-            ctx.store.delete, info.kind, request.match_info.get("namespace", ""), request.match_info["name"]
+            _write,
+            request,
+            ctx.store.delete,
+            info.kind,
+            request.match_info.get("namespace", ""),
+            request.match_info["name"],
         )
     except Exception as exc:
         return _error(exc)
@@ -579,6 +672,8 @@ def make_app(
             web.get(admin + "/namespaces/{namespace}/{plural}/{name}", admin_get),
             web.put(admin + "/namespaces/{namespace}/{plural}/{name}", admin_update),
             web.put(admin + "/namespaces/{namespace}/{plural}/{name}/status", admin_update),
+            web.patch(admin + "/namespaces/{namespace}/{plural}/{name}", admin_patch),
+            web.patch(admin + "/namespaces/{namespace}/{plural}/{name}/status", admin_patch),
             web.delete(admin + "/namespaces/{namespace}/{plural}/{name}", admin_delete),
             # install progress beside the Secret API, for a system-agent url of <url>/k8s/clusters/local
             web.post(k8s_api.PREFIX + "/elemental/agent/v1/progress", agent_progress),

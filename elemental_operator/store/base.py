@@ -16,6 +16,7 @@ import abc
 import builtins
 import copy
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -162,6 +163,10 @@ class Store(abc.ABC):
 
     def release_lease(self, name: str, holder: str) -> None:
         return None
+
+    @abc.abstractmethod
+    def dry_run(self) -> AbstractContextManager[None]:
+        """A context in which writes run every check and return their result but store nothing."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -119,6 +120,10 @@ _KEEP_CHANGES = 100_000  # change-log rows retained for watches that fall behind
 _PRUNE_EVERY = 1_000
 
 
+# Set by SqlStore.dry_run(): every write transaction in this context rolls back instead of committing.
+_DRY_RUN: ContextVar[bool] = ContextVar("elemental_store_dry_run", default=False)
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -175,10 +180,12 @@ class SqlStore(Store):
             with self.engine.connect() as conn:
                 conn.info["write"] = True
                 try:
-                    with conn.begin():
+                    with conn.begin() as trans:
                         if self.dialect == "postgresql":
                             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK})
                         yield conn
+                        if _DRY_RUN.get():
+                            trans.rollback()
                 finally:
                     conn.info["write"] = False
         except DBAPIError as exc:
@@ -189,6 +196,17 @@ class SqlStore(Store):
                 ) from None
             raise
         self.full_since = None
+
+    @contextmanager
+    def dry_run(self) -> Iterator[None]:
+        """Writes in this context run every check and return their result, then roll back
+        (the admin API's ``?dryRun=All``, as the Kubernetes API server's dry run): nothing is
+        stored and no watcher sees an event."""
+        token = _DRY_RUN.set(True)
+        try:
+            yield
+        finally:
+            _DRY_RUN.reset(token)
 
     def health(self) -> str | None:
         """Why writes cannot succeed now (None = healthy): a full disk, seen by the last write

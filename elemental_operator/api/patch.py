@@ -1,9 +1,8 @@
-"""``patch --type merge|json|strategic``: RFC 7386 merge patches, RFC 6902 JSON patches, and a
-strategic merge that merges lists of keyed items (conditions by ``type``, containers/env by
-``name``) instead of replacing them.
+"""PATCH bodies: RFC 7386 merge patches, RFC 6902 JSON patches, and a strategic merge that merges
+lists of keyed items (conditions by ``type``, containers/env by ``name``) instead of replacing them.
 
-The admin API has no PATCH; ``verbs.patch`` applies these to a fresh GET and PUTs the result with
-its resourceVersion, so a concurrent write is a 409 and the patch is re-applied, never lost.
+The admin API's PATCH (``server.app``) applies them to the stored object inside one write and
+``elementalctl patch`` sends them; both name a bad patch with ``PatchError``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from elemental_operator.ctl.client import CtlError
+
+class PatchError(ValueError):
+    """A patch that cannot be applied (wrong shape, missing path, failed test)."""
+
+
+# Content types of the Kubernetes API's PATCH, by elementalctl's --type.
+CONTENT_TYPES = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+}
 
 # Strategic merge keys by list field name (Kubernetes' patchMergeKey for the shapes we serve).
 MERGE_KEYS = {"conditions": "type", "addresses": "type"}
@@ -72,7 +81,7 @@ def _pointer(path: str) -> list[str]:
     if path == "":
         return []
     if not path.startswith("/"):
-        raise CtlError(f"json patch: path {path!r} must start with '/'")
+        raise PatchError(f"json patch: path {path!r} must start with '/'")
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
@@ -84,7 +93,7 @@ def _parent(doc: Any, parts: list[str], path: str) -> Any:
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
             cur = cur[int(part)]
         else:
-            raise CtlError(f"json patch: path {path!r} does not exist")
+            raise PatchError(f"json patch: path {path!r} does not exist")
     return cur
 
 
@@ -97,7 +106,7 @@ def _get(doc: Any, path: str) -> Any:
         return parent[last]
     if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
         return parent[int(last)]
-    raise CtlError(f"json patch: path {path!r} does not exist")
+    raise PatchError(f"json patch: path {path!r} does not exist")
 
 
 def _remove(doc: Any, path: str) -> Any:
@@ -124,23 +133,23 @@ def _add(doc: Any, path: str, value: Any) -> Any:
         elif last.isdigit() and int(last) <= len(parent):
             parent.insert(int(last), value)
         else:
-            raise CtlError(f"json patch: index {last!r} out of range in {path!r}")
+            raise PatchError(f"json patch: index {last!r} out of range in {path!r}")
     else:
-        raise CtlError(f"json patch: the parent of {path!r} is not an object or array")
+        raise PatchError(f"json patch: the parent of {path!r} is not an object or array")
     return doc
 
 
 def json_patch(doc: Any, ops: Any) -> Any:
     """RFC 6902: add, remove, replace, move, copy, test, applied in order to a copy."""
     if not isinstance(ops, list):
-        raise CtlError("json patch: the patch must be a list of operations")
+        raise PatchError("json patch: the patch must be a list of operations")
     doc = copy.deepcopy(doc)
     for n, op in enumerate(ops):
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise CtlError(f"json patch: operation {n}: needs 'op' and 'path'")
+            raise PatchError(f"json patch: operation {n}: needs 'op' and 'path'")
         name, path = op["op"], str(op["path"])
         if name in ("add", "replace", "test") and "value" not in op:
-            raise CtlError(f"json patch: operation {n} ({name}): needs 'value'")
+            raise PatchError(f"json patch: operation {n} ({name}): needs 'value'")
         if name == "add":
             doc = _add(doc, path, copy.deepcopy(op["value"]))
         elif name == "remove":
@@ -152,14 +161,14 @@ def json_patch(doc: Any, ops: Any) -> Any:
             doc = _add(doc, path, copy.deepcopy(op["value"]))
         elif name in ("move", "copy"):
             if "from" not in op:
-                raise CtlError(f"json patch: operation {n} ({name}): needs 'from'")
+                raise PatchError(f"json patch: operation {n} ({name}): needs 'from'")
             value = _remove(doc, op["from"]) if name == "move" else copy.deepcopy(_get(doc, op["from"]))
             doc = _add(doc, path, value)
         elif name == "test":
             if _get(doc, path) != op["value"]:
-                raise CtlError(f"json patch: test failed at {path!r}")
+                raise PatchError(f"json patch: test failed at {path!r}")
         else:
-            raise CtlError(f"json patch: operation {n}: unknown op {name!r}")
+            raise PatchError(f"json patch: operation {n}: unknown op {name!r}")
     return doc
 
 
@@ -168,14 +177,14 @@ def apply(kind: str, obj: dict[str, Any], patch: Any) -> dict[str, Any]:
         out = json_patch(obj, patch)
     elif kind == "merge":
         if not isinstance(patch, dict):
-            raise CtlError("merge patch: the patch must be an object")
+            raise PatchError("merge patch: the patch must be an object")
         out = merge_patch(obj, patch)
     elif kind == "strategic":
         if not isinstance(patch, dict):
-            raise CtlError("strategic merge patch: the patch must be an object")
+            raise PatchError("strategic merge patch: the patch must be an object")
         out = strategic_merge(obj, patch)
     else:
-        raise CtlError(f'--type must be one of [json merge strategic], not "{kind}"')
+        raise PatchError(f'patch type must be one of [json merge strategic], not "{kind}"')
     if not isinstance(out, dict):
-        raise CtlError("patch: the result is not an object")
+        raise PatchError("patch: the result is not an object")
     return out
