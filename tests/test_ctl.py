@@ -424,3 +424,97 @@ def test_resource_arguments() -> None:
     for bad in (["secrets.elemental.cattle.io"], ["mr.apps"], ["mr.v2.elemental.cattle.io"]):
         with pytest.raises(CtlError, match="doesn't have a resource type"):
             parse(bad)
+
+
+GO_DATA = {
+    "kind": "List",
+    "items": [
+        {
+            "metadata": {"name": "a", "labels": {"x": "1", "y": "2"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "n": 3},
+        },
+        {"metadata": {"name": "b"}, "status": {"n": 1}},
+    ],
+    "data": {"token": "aGVsbG8="},
+}
+
+
+@pytest.mark.parametrize(
+    "template,expected",
+    [
+        ('{{range .items}}{{.metadata.name}}{{"\\n"}}{{end}}', "a\nb\n"),
+        ("{{range $i, $e := .items}}{{$i}}={{$e.metadata.name}} {{end}}", "0=a 1=b "),
+        ("{{(index .items 0).metadata.name}}", "a"),
+        ('{{index (index .items 0).metadata.labels "x"}}', "1"),
+        ("{{range $k, $v := (index .items 0).metadata.labels}}{{$k}}={{$v}},{{end}}", "x=1,y=2,"),
+        (
+            "{{range .items}}{{if .metadata.labels}}{{.metadata.name}}:{{len .metadata.labels}}"
+            "{{else}}{{.metadata.name}}:-{{end}};{{end}}",
+            "a:2;b:-;",
+        ),
+        ("{{.data.token | base64decode}}", "hello"),
+        (
+            '{{range .items}}{{range .status.conditions}}{{if eq .type "Ready"}}{{.status}}{{end}}'
+            "{{end}}{{end}}",
+            "True",
+        ),
+        ("{{.nope}} {{.nope.deeper}}", "<no value> <no value>"),
+        ("{{.items | len}}", "2"),
+        (
+            "{{range .items}}{{if gt .status.n 2}}big{{else if eq .status.n 1}}one{{else}}x{{end}} {{end}}",
+            "big one ",
+        ),
+        ("{{with .data}}{{.token}}{{end}}{{with .nope}}x{{else}}none{{end}}", "aGVsbG8=none"),
+        ("{{- range .items }}\n  {{ .metadata.name -}}\n{{ end }}", "\n  a\n  b"),
+        ('{{printf "%-5s|%3d|%q|%v" "ab" 7 "q" true}}', 'ab   |  7|"q"|true'),
+        ("{{$n := 0}}{{range .items}}{{$n = .status.n}}{{end}}{{$n}}", "1"),
+        ('{{range .items}}{{if eq .metadata.name "a"}}{{continue}}{{end}}{{.metadata.name}}{{end}}', "b"),
+        ("{{range .items}}{{.metadata.name}}{{break}}{{end}}", "a"),
+        ('{{index .items 1 "metadata"}}', "map[name:b]"),
+        ('{{/* a comment */}}{{and 1 0}} {{or 0 "x"}} {{not true}} {{or .nope "dflt"}}', "0 x false dflt"),
+        ("{{$.kind}} {{ (index .items 0).status.conditions }}", "List [map[status:True type:Ready]]"),
+        ("{{range .nope}}x{{else}}empty{{end}}", "empty"),
+    ],
+)
+def test_go_template_subset_follows_go(template: str, expected: str) -> None:
+    from elemental_operator.ctl.gotemplate import render
+
+    assert render(template, GO_DATA) == expected
+
+
+@pytest.mark.parametrize(
+    "template,error",
+    [
+        ("{{.a", "error parsing template {{.a, unclosed action"),
+        ("{{if .a}}x", "error parsing template {{if .a}}x, unexpected EOF"),
+        ("{{end}}", "unexpected {{end}}"),
+        ("{{else}}", "unexpected {{else}}"),
+        ('{{template "x"}}', "{{template}} is not supported"),
+        ("{{break}}", "{{break}} outside {{range}}"),
+        ("{{.a | }}", "missing value for command"),
+    ],
+)
+def test_go_template_parse_errors_are_one_line(template: str, error: str) -> None:
+    from elemental_operator.ctl.client import CtlError
+    from elemental_operator.ctl.gotemplate import check
+
+    with pytest.raises(CtlError) as err:
+        check(template)
+    assert error in err.value.message and "\n" not in err.value.message
+
+
+def test_go_template_execution_errors() -> None:
+    from elemental_operator.ctl.client import CtlError
+    from elemental_operator.ctl.gotemplate import render
+
+    for template, error in (
+        ("{{foo .a}}", 'function "foo" not defined'),
+        ("{{index .items 9}}", "index out of range: 9"),
+        ('{{"x" | base64decode}}', "error calling base64decode"),
+        ("{{.data.token.x}}", "can't evaluate field x in type str"),
+        ("{{len 3}}", "error calling len"),
+        ('{{lt 1 "a"}}', "incompatible types for comparison"),
+    ):
+        with pytest.raises(CtlError, match="error executing template") as err:
+            render(template, GO_DATA)
+        assert error in err.value.message, template

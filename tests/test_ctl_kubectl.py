@@ -182,6 +182,19 @@ def test_documented_registration_and_seed_image_lines(sh: Shell) -> None:
         "elementalctl get mr my-nodes -o 'jsonpath={.status.conditions[?(@.type==\"Ready\")].status}'"
     )
     assert ready == "True"
+    # the same reads as Go templates (kubectl's -o go-template, elementalctl's documented subset)
+    assert (
+        sh.ok("""elementalctl get mr -o go-template='{{range .items}}{{.metadata.name}}{{"\\n"}}{{end}}'""")
+        == "my-nodes\n"
+    )
+    assert sh.ok("elementalctl get seedimage fire-img -o go-template={{.status.downloadURL}}") == download
+    (Path.cwd() / "ready.tmpl").write_text(
+        '{{range .status.conditions}}{{if eq .type "Ready"}}{{.status}}{{end}}{{end}}'
+    )
+    assert sh.ok("elementalctl get mr my-nodes -o go-template-file=ready.tmpl") == "True"
+    assert sh.fails("elementalctl get mr my-nodes -o go-template='{{if .x}}'").startswith(
+        "elementalctl: error: error parsing template {{if .x}}, unexpected EOF"
+    )
 
 
 def test_get_lists_comma_all_and_output_flags(sh: Shell) -> None:
@@ -864,6 +877,12 @@ def test_lines_from_elementals_e2e_tests(sh: Shell) -> None:
     assert (
         sh.ok("elementalctl -n cattle-system get secret tls-ca -o jsonpath=\"{.data['tls\\.crt']}\"")
         == "Q0EK"
+    )
+    assert (
+        sh.ok(
+            """elementalctl -n cattle-system get secret tls-ca -o go-template='{{index .data "tls.crt" | base64decode}}'"""
+        )
+        == "CA\n"
     )
     # kubectl -n cattle-system patch secret tls-ca -p '{"data":{"cacerts.pem":"..."}}'  (default: strategic)
     assert sh.ok(

@@ -32,7 +32,7 @@ _elementalctl() {
         esac
     done
     case "$prev" in
-        -o|--output) COMPREPLY=($(compgen -W "yaml json wide name jsonpath= jsonpath-file= custom-columns= custom-columns-file=" -- "$cur")); return ;;
+        -o|--output) COMPREPLY=($(compgen -W "yaml json wide name jsonpath= jsonpath-file= custom-columns= custom-columns-file= go-template= go-template-file=" -- "$cur")); return ;;
         -f|--filename|--patch-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --context) COMPREPLY=($(compgen -W "$(elementalctl config get-contexts -o name 2>/dev/null)" -- "$cur")); return ;;
         -n|--namespace) return ;;
@@ -69,7 +69,7 @@ _elementalctl() {
         esac
     done
     case "${words[CURRENT-1]}" in
-        -o|--output) compadd -- yaml json wide name jsonpath= jsonpath-file= custom-columns= custom-columns-file=; return ;;
+        -o|--output) compadd -- yaml json wide name jsonpath= jsonpath-file= custom-columns= custom-columns-file= go-template= go-template-file=; return ;;
         -f|--filename|--patch-file) _files; return ;;
         -n|--namespace) return ;;
     esac

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from elemental_operator.api import KindInfo, json_path
-from elemental_operator.ctl import jsonpath
+from elemental_operator.ctl import gotemplate, jsonpath
 from elemental_operator.ctl.client import CtlError
 from elemental_operator.ctl.resources import ref
 
@@ -25,6 +25,8 @@ FORMATS = (
     "jsonpath-file=FILE",
     "custom-columns=SPEC",
     "custom-columns-file=FILE",
+    "go-template=TEMPLATE",
+    "go-template-file=FILE",
 )
 
 
@@ -66,7 +68,7 @@ def _labels(obj: dict[str, Any]) -> str:
 class Format:
     """The parsed ``-o`` value and the table switches."""
 
-    kind: str = "table"  # table, wide, yaml, json, name, jsonpath, custom-columns
+    kind: str = "table"  # table, wide, yaml, json, name, jsonpath, go-template, custom-columns
     template: str = ""
     columns: list[tuple[str, str]] = field(default_factory=list)
     no_headers: bool = False
@@ -135,6 +137,14 @@ def parse_format(output: str | None, **switches: Any) -> Format:
     elif name == "jsonpath-file":
         fmt.kind, fmt.template = "jsonpath", _read(arg, "jsonpath template")
         jsonpath.render(fmt.template, {})
+    elif name in ("go-template", "template"):  # kubectl takes both spellings
+        if not arg:
+            raise CtlError("template format specified but no template given (-o go-template='{{…}}')")
+        fmt.kind, fmt.template = "go-template", arg
+        gotemplate.check(arg)
+    elif name in ("go-template-file", "templatefile"):
+        fmt.kind, fmt.template = "go-template", _read(arg, "go-template")
+        gotemplate.check(fmt.template)
     elif name == "custom-columns":
         fmt.kind, fmt.columns = "custom-columns", _columns(arg)
     elif name == "custom-columns-file":
@@ -229,6 +239,8 @@ def dump(objs: list[tuple[KindInfo, dict[str, Any]]], fmt: Format, single: bool)
         return yaml.safe_dump(body, sort_keys=False)
     if fmt.kind == "jsonpath":
         return jsonpath.render(fmt.template, body)
+    if fmt.kind == "go-template":
+        return gotemplate.render(fmt.template, body)
     raise CtlError(f"unknown output format {fmt.kind!r}")
 
 

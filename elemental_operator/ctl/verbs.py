@@ -135,7 +135,7 @@ def cmd_get(args: argparse.Namespace, s: Session) -> int:
     else:
         flat = [(info, o) for info, objs in found for o in objs]
         # an empty List (or an empty template) as kubectl prints it, unless the names were missing
-        if flat or (fmt.kind in ("json", "yaml", "jsonpath") and rc == 0):
+        if flat or (fmt.kind in ("json", "yaml", "jsonpath", "go-template") and rc == 0):
             s.out.write(output.dump(flat, fmt, single))
     return rc
 
