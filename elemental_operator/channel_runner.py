@@ -19,6 +19,7 @@ ManagedOSVersions the image wrote there. We have no kubelet, so:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import shutil
@@ -33,6 +34,8 @@ from typing import Any
 from elemental_common import registry
 from elemental_common.errors import Die
 from elemental_common.run import describe_exit, spawn
+
+log = logging.getLogger(__name__)
 
 # Ours (upstream pods always have the cluster network): a channel whose image must reach the
 # network to build its list says so with this annotation set to "true".
@@ -144,6 +147,27 @@ class ChannelRunner:
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
         self._lock = threading.Lock()  # one pull/unpack at a time; runs themselves are concurrent
+        self._proc = True  # False once a /proc mount failed here (see run)
+
+    @staticmethod
+    def _wait(cmd: list[str], log_path: Path, opts: CustomOptions) -> int:
+        """Run the sandbox `cmd` (its output to `log_path`), killed after ``opts.timeout``."""
+        with open(log_path, "wb") as out:
+            proc = spawn(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                hint="install bubblewrap and util-linux (prlimit)",
+            )
+            try:
+                return proc.wait(timeout=opts.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # bwrap: its pid namespace and everything in it go with it
+                proc.wait()
+                raise ChannelRunError(
+                    f"channel image {opts.image} timed out after {opts.timeout:g}s (killed)"
+                ) from None
 
     def fetch(self, opts: CustomOptions) -> bytes:
         """The output file's bytes after one run of the channel image."""
@@ -216,53 +240,51 @@ class ChannelRunner:
             out_dir = run_dir / "mount"
             out_dir.mkdir(mode=0o777)
             os.chmod(out_dir, 0o777)  # the container's user (any uid) writes here, as on an emptyDir
-            bwrap = [
-                "bwrap",
-                "--unshare-all",
-                *(["--share-net"] if opts.network else []),
-                "--die-with-parent",
-                "--new-session",
-                "--cap-drop",
-                "ALL",
-                "--uid",
-                str(uid),
-                "--gid",
-                str(gid),
-                "--ro-bind",
-                str(rootfs),
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--bind",
-                str(out_dir),
-                opts.mount_path,
-                *(["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"] if opts.network else []),
-                "--chdir",
-                workdir,
-                "--clearenv",
-                *[a for k, v in env.items() for a in ("--setenv", k, v)],
-                "--",
-                *argv,
-            ]
-            cmd = ["prlimit", f"--fsize={MAX_OUTPUT + 1}", "--", *bwrap]
-            with open(run_dir / "log", "wb") as log:
-                proc = spawn(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    hint="install bubblewrap and util-linux (prlimit)",
+
+            def sandbox(with_proc: bool) -> list[str]:
+                return [
+                    "prlimit",
+                    f"--fsize={MAX_OUTPUT + 1}",
+                    "--",
+                    "bwrap",
+                    "--unshare-all",
+                    *(["--share-net"] if opts.network else []),
+                    "--die-with-parent",
+                    "--new-session",
+                    "--cap-drop",
+                    "ALL",
+                    "--uid",
+                    str(uid),
+                    "--gid",
+                    str(gid),
+                    "--ro-bind",
+                    str(rootfs),
+                    "/",
+                    *(["--proc", "/proc"] if with_proc else []),
+                    "--dev",
+                    "/dev",
+                    "--bind",
+                    str(out_dir),
+                    opts.mount_path,
+                    *(["--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"] if opts.network else []),
+                    "--chdir",
+                    workdir,
+                    "--clearenv",
+                    *[a for k, v in env.items() for a in ("--setenv", k, v)],
+                    "--",
+                    *argv,
+                ]
+
+            code = self._wait(sandbox(self._proc), run_dir / "log", opts)
+            if code != 0 and self._proc and "bwrap: Can't mount proc" in _tail(run_dir / "log"):
+                # A new procfs needs a fully visible one in our mount namespace; container runtimes
+                # mask parts of theirs (/proc/sys, /proc/kcore…). Binding ours instead would show
+                # the operator's processes (their environ) to the image: run without /proc.
+                log.warning(
+                    "cannot mount /proc in the channel sandbox (masked here): channel images run without it"
                 )
-                try:
-                    code = proc.wait(timeout=opts.timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()  # bwrap: its pid namespace and everything in it go with it
-                    proc.wait()
-                    raise ChannelRunError(
-                        f"channel image {opts.image} timed out after {opts.timeout:g}s (killed)"
-                    ) from None
+                self._proc = False
+                code = self._wait(sandbox(False), run_dir / "log", opts)
             tail = _tail(run_dir / "log")
             if code in _XFSZ_EXITS:
                 raise ChannelRunError(

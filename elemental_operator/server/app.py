@@ -681,4 +681,7 @@ def make_app(
             web.route("*", "/elemental/{api}/{tail:.*}", unknown_api),
         ]
     )
+    from elemental_operator.dashboard import mount as mount_dashboard  # browser UI at /dashboard/
+
+    mount_dashboard(app)
     return app
