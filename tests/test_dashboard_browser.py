@@ -173,6 +173,20 @@ def test_machine_appears_live_and_its_progress_bar_moves(
     assert "80%" in page.locator(f"tr[data-key='{NS}/{name}']").inner_text()
     shot(page, "machines-progress")  # docs/dashboard.png
 
+    # edit labels: the form, a refused value at the field, then saved and shown
+    page.get_by_role("link", name=name).click()
+    page.get_by_role("link", name="Edit labels").click()
+    box = page.get_by_label("One key=value per line")
+    box.fill(box.input_value() + "\nsite=bad value!")
+    page.get_by_role("button", name="Save labels").click()
+    assert "metadata.labels.site" in page.locator("#labels-error").inner_text()
+    assert box.get_attribute("aria-invalid") == "true"
+    box.fill(box.input_value().replace("site=bad value!", "site=berlin-2"))
+    page.get_by_role("button", name="Save labels").click()
+    page.wait_for_url(f"**/machines/{NS}/{name}")
+    assert "berlin-2" in page.locator("#labels").inner_text()
+    assert op.get("machineinventories", name)["metadata"]["labels"]["site"] == "berlin-2"
+
 
 def _agent(root: Path, config: dict[str, Any]) -> Any:
     """The real system agent on the files the installer writes from the operator's config."""
@@ -267,6 +281,16 @@ def test_create_registration_from_the_form_and_download_its_seed_iso(
     err = page.locator("#err-name")
     assert "metadata.name" in err.inner_text()
     assert form.get_by_label("Name", exact=True).get_attribute("aria-invalid") == "true"
+    # the YAML editor: an unknown field is refused by the schema, the error at the editor
+    yaml_box = page.get_by_label("A whole MachineRegistration", exact=False)
+    yaml_box.fill(
+        "apiVersion: elemental.cattle.io/v1beta1\nkind: MachineRegistration\n"
+        "metadata: {name: from-yaml, namespace: fleet-default}\nspec: {machineNmae: typo}\n"
+    )
+    page.get_by_role("button", name="Create from YAML").click()
+    assert "spec.machineNmae: unknown field" in page.locator("#err-yaml").inner_text()
+    assert op.try_get("machineregistrations", "from-yaml") is None
+    form = page.locator("#registration-form")
     form.get_by_label("Name", exact=True).fill("edge-site")
     form.get_by_label("Install device").fill("/dev/sda")
     form.get_by_role("button", name="Create registration").click()
@@ -351,3 +375,26 @@ def test_cross_site_post_from_another_origin_is_refused(page: Any, dash_operator
         page.get_by_role("button", name="win a prize").click()
     assert resp.value.status in (401, 403)
     assert op.try_get("machineinventories", "xsite-victim") is not None
+
+
+def test_phone_viewport_and_keyboard(browser: Any, dash_operator: DashOperator) -> None:
+    op = dash_operator
+    ctx = browser.new_context(
+        ignore_https_errors=True, viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True
+    )
+    pg = ctx.new_page()
+    try:
+        login(pg, op)
+        for path in ("/machines", "/registrations", "/os", "/registrations/new"):
+            pg.goto(op.dashboard + path)
+            # nothing wider than the phone but the tables' own scroll boxes
+            assert pg.evaluate("() => document.documentElement.scrollWidth") <= 375, path
+            shot(pg, "phone-" + path.strip("/").replace("/", "-"))
+        # keyboard: the first Tab reaches the skip link, which moves focus to the content
+        pg.goto(op.dashboard + "/machines")
+        pg.keyboard.press("Tab")
+        assert pg.evaluate("() => document.activeElement.textContent") == "Skip to content"
+        pg.keyboard.press("Enter")
+        assert pg.evaluate("() => document.activeElement.id") == "main"
+    finally:
+        ctx.close()
