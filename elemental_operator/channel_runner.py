@@ -27,6 +27,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ NETWORK_ANNOTATION = "elemental.cattle.io/channel-network"
 DEFAULT_MOUNT_PATH = "/data"  # upstream syncer.go defaultMountDir
 DEFAULT_OUTPUT_FILE = "/data/output"  # upstream syncer.go defaultOutFile
 DEFAULT_TIMEOUT = 120.0
+PRUNE_AFTER = 7 * 86400.0  # seconds an unpacked channel image stays cached unused
 MAX_OUTPUT = 16 << 20  # bytes: per file written in the sandbox, and the output file read back
 # containerd's default when the image sets none
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -88,6 +90,30 @@ def _abs_path(options: dict[str, Any], key: str, default: str) -> str:
     return norm
 
 
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion of command, args and env values (k8s.io/kubernetes
+    third_party/forked/golang/expansion): a defined name is replaced, an undefined reference is
+    kept as written, ``$$`` is a literal ``$``. Only the spec's envs count, not the image's."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "$" and i + 1 < len(text):
+            nxt = text[i + 1]
+            if nxt == "$":
+                out.append("$")
+                i += 2
+                continue
+            if nxt == "(":
+                end = text.find(")", i + 2)
+                if end != -1:
+                    name = text[i + 2 : end]
+                    out.append(env[name] if name in env else text[i : end + 1])
+                    i = end + 1
+                    continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
+
+
 def parse_options(options: dict[str, Any], timeout: float, network: bool) -> CustomOptions:
     """spec.options of a custom channel (field names as upstream's CustomSyncer: ``envs``, not ``env``)."""
     image = options.get("image")
@@ -101,16 +127,19 @@ def parse_options(options: dict[str, Any], timeout: float, network: bool) -> Cus
             raise InvalidChannel("options.envs entries need a name")
         if item.get("valueFrom"):
             raise InvalidChannel(f"options.envs {item['name']}: valueFrom is not supported here")
-        env.append((item["name"], str(item.get("value") or "")))
+        # each value may name the entries before it, as Kubernetes expands them
+        env.append((item["name"], expand(str(item.get("value") or ""), dict(env))))
     mount = _abs_path(options, "mountPath", DEFAULT_MOUNT_PATH)
     # upstream's outputFile default is /data/output whatever mountPath is
     output = _abs_path(options, "outputFile", DEFAULT_OUTPUT_FILE)
     if not output.startswith(mount + "/"):
         raise InvalidChannel(f"options.outputFile {output} is not inside options.mountPath {mount}")
+    defined = dict(env)
+    command, args = _strings(options, "command"), _strings(options, "args")
     return CustomOptions(
         image=image,
-        command=_strings(options, "command"),
-        args=_strings(options, "args"),
+        command=None if command is None else [expand(c, defined) for c in command],
+        args=None if args is None else [expand(a, defined) for a in args],
         env=env,
         mount_path=mount,
         output_file=output,
@@ -183,8 +212,21 @@ class ChannelRunner:
         entry = self.cache_dir / digest.replace(":", "-")
         with self._lock:
             if not (entry / "config.json").is_file():
+                self._prune()
                 self._unpack(ref, digest, entry)
+            os.utime(entry)  # last use: what _prune goes by
         return entry / "rootfs", json.loads((entry / "config.json").read_text())
+
+    def _prune(self) -> None:
+        """Drop images no channel ran for PRUNE_AFTER (a moved tag leaves its old digest behind)
+        and pulls a crash left half done."""
+        now = time.time()
+        for old in self.cache_dir.glob("*"):
+            age = now - old.stat().st_mtime
+            if (old.name.startswith("sha256-") and age > PRUNE_AFTER) or (
+                old.name.startswith(".pull-") and age > 3600
+            ):
+                shutil.rmtree(old, ignore_errors=True)
 
     def _unpack(self, ref: str, digest: str, entry: Path) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,11 @@ def until_reason(
 def test_custom_channel_syncs_with_registry_prefix(
     env: str, store: SqlStore, mgr: Manager, tmp_path: Path
 ) -> None:
+    # an image no channel ran for over a week and a crashed pull: pruned when a new image is unpacked
+    cache = tmp_path / "state/channel-images"
+    for stale in ("sha256-" + "0" * 64, ".pull-crashed"):
+        (cache / stale).mkdir(parents=True)
+        os.utime(cache / stale, (time.time() - 8 * 86400, time.time() - 8 * 86400))
     store.create(channel("ch", {"image": f"{env}/channels/busybox:v1"}, registry="mirror.local:5000"))
     run_until(mgr, lambda: ready(store, "ch").get("reason") in ("Syncing", "Synchronized"))
     cond = until_reason(mgr, store, "ch", "Synchronized")
@@ -280,21 +287,31 @@ def test_custom_channel_syncs_with_registry_prefix(
 
 
 def test_command_args_envs_and_paths(env: str, store: SqlStore, mgr: Manager) -> None:
+    # $(NAME) and $(IMAGE) are Kubernetes' expansion (ours, before the shell sees the script);
+    # $$(echo …) is its escape: the shell gets $(echo …) and runs it; $(UNSET) stays as written
     script = (
-        'echo "[{\\"metadata\\":{\\"name\\":\\"$NAME\\"},\\"spec\\":{\\"type\\":\\"container\\",'
-        '\\"metadata\\":{\\"upgradeImage\\":\\"os:$NAME\\"}}}]" > /out/list.json'
+        "u='$(UNSET)'; "  # single quotes: the shell keeps what our expansion left
+        'echo "[{\\"metadata\\":{\\"name\\":\\"$(NAME)\\"},\\"spec\\":{\\"type\\":\\"container\\",'
+        '\\"version\\":\\"$$(echo shell)-$SHELLVAR\\",'
+        '\\"metadata\\":{\\"upgradeImage\\":\\"$(IMAGE)\\",\\"unset\\":\\"$u\\"}}}]" > /out/list.json'
     )
     options = {
         "image": f"{env}/channels/busybox:exit3",  # its entrypoint would fail: command replaces it
         "command": ["/bin/sh", "-c"],
         "args": [script],
-        "envs": [{"name": "NAME", "value": "v9"}],
+        "envs": [
+            {"name": "NAME", "value": "v9"},
+            {"name": "IMAGE", "value": "os:$(NAME)"},
+            {"name": "SHELLVAR", "value": "env"},
+        ],
         "mountPath": "/out",
         "outputFile": "/out/list.json",
     }
     store.create(channel("ch", options))
     until_reason(mgr, store, "ch", "Synchronized")
-    assert store.get("ManagedOSVersion", NS, "v9")["spec"]["metadata"]["upgradeImage"] == "os:v9"
+    v9 = store.get("ManagedOSVersion", NS, "v9")["spec"]
+    assert v9["metadata"]["upgradeImage"] == "os:v9" and v9["version"] == "shell-env"
+    assert v9["metadata"]["unset"] == "$(UNSET)"
 
 
 def test_sandbox_has_no_network_and_only_mount_path_writable(env: str, store: SqlStore, mgr: Manager) -> None:
