@@ -105,6 +105,52 @@ def test_failing_instruction_stops_the_plan(tmp_path: Path) -> None:
     assert not res.ok and "exit 127" in res.error
 
 
+def test_instruction_output_is_logged_while_it_runs(tmp_path: Path) -> None:
+    """An upgrade's progress lines reach the agent's log (journal, console) as they are printed,
+    before the instruction ends: the e2e power cuts find the slot write by them."""
+    import logging
+
+    seen = threading.Event()
+    lines: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if "[ 40%] writing" in record.getMessage():
+                seen.set()
+
+    go = tmp_path / "go"
+    script = f'echo "[ 40%] writing system slot B"; while [ ! -e {go} ]; do sleep 0.05; done; echo done >&2'
+    plan = {"instructions": [{"name": "os upgrade", "command": "/bin/sh", "args": ["-c", script]}]}
+    handler = Catch(logging.INFO)
+    logger = logging.getLogger("elemental.agent")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        result: list[planlib.Result] = []
+        runner = threading.Thread(target=lambda: result.append(planlib.apply(plan, tmp_path / "work")))
+        runner.start()
+        assert seen.wait(30), lines  # logged while the instruction still waits for `go`
+        assert runner.is_alive()
+        go.touch()
+        runner.join(30)
+        assert result and result[0].ok, result
+        assert "instruction os upgrade: done" in lines
+        # periodic instructions are not streamed (they would repeat in the log every period)
+        lines.clear()
+        planlib.run_periodic(
+            {"periodicInstructions": [{"name": "tick", "command": "/bin/echo", "args": ["tick"]}]},
+            {},
+            tmp_path,
+            now=1,
+        )
+        assert not [m for m in lines if m.endswith(": tick")], lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 def test_periodic_instructions(tmp_path: Path) -> None:
     plan = {
         "periodicInstructions": [

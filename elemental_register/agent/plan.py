@@ -18,6 +18,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -33,6 +34,7 @@ log = logging.getLogger("elemental.agent")
 # Instructions that name a container image run it as the execution directory in
 # rancher-system-agent; we have no container runtime in the OS, so they must give a command.
 _MAX_OUTPUT = 1 << 20
+_MAX_LOG_LINE = 500
 
 
 def checksum(plan: str | bytes) -> str:
@@ -110,10 +112,25 @@ def apply_files(files: list[dict[str, Any]], root: Path = Path("/")) -> list[str
     return done
 
 
+def _drain(pipe: Any, sink: bytearray, prefix: str | None) -> None:
+    """Read an instruction's pipe to the end, keeping its last _MAX_OUTPUT bytes; with a prefix,
+    each line also goes to the log as it comes (rancher-system-agent's applyinator streams an
+    instruction's output into its log the same way): an upgrade's progress is then visible in
+    the journal and on the console while it runs, not only in the plan output afterwards."""
+    for line in iter(pipe.readline, b""):
+        sink += line
+        if len(sink) > 2 * _MAX_OUTPUT:
+            del sink[:-_MAX_OUTPUT]
+        if prefix is not None:
+            log.info("%s: %s", prefix, line[:_MAX_LOG_LINE].decode(errors="replace").rstrip())
+    pipe.close()
+
+
 def run_instruction(
-    ins: dict[str, Any], work: Path, attempt: int, timeout: float | None = None
+    ins: dict[str, Any], work: Path, attempt: int, timeout: float | None = None, stream: bool = False
 ) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of one instruction, run in a fresh execution directory."""
+    """(exit code, stdout, stderr) of one instruction, run in a fresh execution directory;
+    stream: log its output lines as they come (one-time instructions; not periodic ones)."""
     if ins.get("image") and not ins.get("command"):
         return 127, "", f"instruction {ins.get('name')!r}: images are not supported, give a command"
     work.mkdir(parents=True, exist_ok=True)
@@ -138,13 +155,24 @@ def run_instruction(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
+        prefix = f"instruction {ins.get('name', '?')}" if stream else None
+        out_buf, err_buf = bytearray(), bytearray()
+        readers = [
+            threading.Thread(target=_drain, args=(pipe, buf, prefix), daemon=True)
+            for pipe, buf in ((proc.stdout, out_buf), (proc.stderr, err_buf))
+        ]
+        for r in readers:
+            r.start()
         try:
-            out, err = proc.communicate(timeout=timeout)
-            code = proc.returncode
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
-            code, err = 124, err + b"\ntimed out"
+            code = proc.wait()
+            err_buf += b"\ntimed out"
+            code = 124
+        for r in readers:
+            r.join()
+        out, err = bytes(out_buf), bytes(err_buf)
     except Die as e:  # spawn's missing-command failure: the shell's exit code for it
         code, out, err = 127, b"", e.message.encode()
     finally:
@@ -184,7 +212,7 @@ def apply(
             return Result(False, res.outputs, f"{name}: no command")
         if before_reboot is not None and is_reboot(ins):
             before_reboot(Result(True, dict(res.outputs)))
-        code, out, err = run_instruction(ins, work, attempt)
+        code, out, err = run_instruction(ins, work, attempt, stream=True)
         if ins.get("saveOutput") or code != 0:
             res.outputs[name] = out + err
         if code != 0:
