@@ -166,6 +166,11 @@ def test_machine_appears_live_and_its_progress_bar_moves(
         page.wait_for_function(f"() => (document.querySelector('#progress') || {{}}).value == {pct}")
     assert page.evaluate("window.__sameDocument") is True
     assert "copying image" in page.locator("#progress-text").inner_text()
+    history = page.locator("#history").inner_text()  # every report, as the watcher saw it
+    assert all(
+        f"{stage}: {pct}%" in history
+        for stage, pct in (("partitioning", 10), ("copying image", 35), ("copying image", 80))
+    ), history
     assert bar.get_attribute("max") == "100"
     shot(page, "machine")
     # and the table row shows it too

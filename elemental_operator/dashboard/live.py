@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ KINDS = (
 )
 QUEUE_LIMIT = 2000  # messages a slow client may lag behind before it is told to reload
 REPLAY = 2048  # recent messages kept for pages that connect after they were rendered
+HISTORY = 50  # condition changes kept per machine (this process, since it started)
 
 RowRenderer = Callable[[dict[str, Any], dict[str, Any] | None], str]
 
@@ -51,6 +53,10 @@ class Hub:
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=REPLAY)
         self._start = 0  # the version the watch began after
         self._evicted = 0  # newest version no longer in _recent
+        # Condition changes of each machine as this watcher saw them go by: the store keeps only
+        # the current conditions, so this is the history a machine page can show (per process).
+        self.history: dict[tuple[str, str], collections.deque[dict[str, str]]] = {}
+        self._last: dict[tuple[str, str], dict[str, tuple[str, str, str]]] = {}
 
     # ---- lifecycle (aiohttp on_startup / on_cleanup) ------------------------------------------
 
@@ -146,6 +152,7 @@ class Hub:
                 return None
             return self._row_message("MODIFIED", inv, obj, ev.resource_version)
         if kind == "MachineInventory":
+            self._record_conditions(ns, name, obj, ev.type)
             if ev.type == "DELETED":
                 return {
                     "type": ev.type,
@@ -160,6 +167,33 @@ class Hub:
                 secret = None
             return self._row_message(ev.type, obj, secret, ev.resource_version)
         return {"type": ev.type, "kind": kind, "namespace": ns, "name": name, "rv": ev.resource_version}
+
+    def _record_conditions(self, ns: str, name: str, obj: dict[str, Any], type_: str) -> None:
+        key = (ns, name)
+        if type_ == "DELETED":
+            self.history.pop(key, None)
+            self._last.pop(key, None)
+            return
+        seen = self._last.setdefault(key, {})
+        log_ = self.history.setdefault(key, collections.deque(maxlen=HISTORY))
+        for cond in (obj.get("status") or {}).get("conditions") or []:
+            ctype = str(cond.get("type", ""))
+            now = (str(cond.get("status", "")), str(cond.get("reason", "")), str(cond.get("message", "")))
+            if seen.get(ctype) != now:
+                seen[ctype] = now
+                log_.append(
+                    {
+                        "type": ctype,
+                        "status": now[0],
+                        "reason": now[1],
+                        "message": now[2],
+                        "time": str(cond.get("lastTransitionTime") or ""),
+                        "seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                )
+
+    def conditions_history(self, ns: str, name: str) -> list[dict[str, str]]:
+        return list(self.history.get((ns, name), ()))[::-1]  # newest first
 
     def _row_message(
         self, type_: str, inv: dict[str, Any], secret: dict[str, Any] | None, rv: int

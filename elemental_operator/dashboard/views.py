@@ -194,6 +194,7 @@ async def machine(request: web.Request) -> web.Response:
         row=present.machine_row(inv, secret),
         plan=present.plan_view(secret),
         conditions=(inv.get("status") or {}).get("conditions") or [],
+        history=request.app[HUB].conditions_history(request.match_info["ns"], request.match_info["name"]),
     )
 
 
