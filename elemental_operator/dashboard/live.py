@@ -34,7 +34,7 @@ KINDS = (
 )
 QUEUE_LIMIT = 2000  # messages a slow client may lag behind before it is told to reload
 REPLAY = 2048  # recent messages kept for pages that connect after they were rendered
-HISTORY = 50  # condition changes kept per machine (this process, since it started)
+HISTORY = 20  # condition changes kept per machine, per process since start (10k machines: ≤ 60 MB)
 
 RowRenderer = Callable[[dict[str, Any], dict[str, Any] | None], str]
 
