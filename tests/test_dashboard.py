@@ -131,6 +131,7 @@ def test_session_cookie_signed_expiring_and_bound_to_the_admin_token() -> None:
     ).decode()
     assert s.check(forged + "." + sig) is None
     assert s.check(cookie.replace(".", ".x", 1)) is None
+    assert s.check(body + ".\u00e9t\u00e9") is None and s.check("\u00e9." + sig) is None  # not ASCII: no 500
     rotated = Sessions(_NoStore(), "admin-token-2", b"k" * 32)  # type: ignore[arg-type]
     assert rotated.check(cookie) is None  # a new admin token ends the old sessions
     assert s.csrf_ok(session, session.csrf) and not s.csrf_ok(session, "") and not s.csrf_ok(session, "x")
@@ -324,6 +325,7 @@ def test_csrf_cross_site_and_read_only_sessions(dash_operator: DashOperator) -> 
     assert op.try_get("machineinventories", "csrf-victim") is not None
     # a login form posted from elsewhere (login CSRF) is refused too
     assert admin.request("POST", "/login", {"token": op.token, "login_nonce": "x"})[0] == 403
+    assert admin.request("POST", "/login", {"token": op.token, "login_nonce": "\u00e9"})[0] == 403
     # a viewer token (the Secret the docs name) reads every page but may not act
     viewer_token = "viewer-" + "v" * 24
     op.create(

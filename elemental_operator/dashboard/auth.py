@@ -117,7 +117,7 @@ class Sessions:
             payload = _unb64(body)
         except ValueError:
             return None
-        if not sig or not hmac.compare_digest(sig, self._sign(payload)):
+        if not sig or not hmac.compare_digest(sig.encode(), self._sign(payload).encode()):
             return None
         try:
             d = json.loads(payload)

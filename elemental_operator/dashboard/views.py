@@ -94,7 +94,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     nonce = str(form.get("login_nonce", ""))
     cookie_nonce = request.cookies.get(LOGIN_COOKIE, "")
-    if not nonce or not secrets.compare_digest(nonce, cookie_nonce):
+    if not nonce or not secrets.compare_digest(nonce.encode(), cookie_nonce.encode()):
         return await login_form(request, "The login form expired; try again.", 403)
     sessions = request.app[SESSIONS]
     who = await _run(sessions.authenticate, str(form.get("token", "")))
