@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from operator_fixtures import RunningOperator, operator, postgres_server, store, store_url  # noqa: F401
+from waiting import wait_until
 
 from elemental_operator import ctl
 from elemental_operator.ctl.client import Client
@@ -1035,3 +1036,43 @@ def test_server_dry_run_is_the_operators(sh: Shell) -> None:
         before["metadata"].get("labels"),
         None,
     )
+
+
+def test_more_lines_from_elementals_docs(sh: Shell) -> None:
+    """The rest of rancher/elemental-docs' kubectl lines on Elemental's kinds (docs/*.md)."""
+    sh.ok("elementalctl apply -f mi.yaml")
+    sh.ok(
+        "elementalctl apply -f -",
+        f"apiVersion: {API}\nkind: MachineInventory\nmetadata: {{name: m2, namespace: fleet-default}}\n",
+    )
+    # inventory-management.md: kubectl -n fleet-default label machineinventory $(kubectl get machineinventory
+    #   -n fleet-default --no-headers -o custom-columns=":metadata.name") element=fire
+    names = sh.ok(
+        'elementalctl get machineinventory -n fleet-default --no-headers -o custom-columns=":metadata.name"'
+    )
+    assert names.split() == ["m1", "m2"]
+    out = sh.ok(
+        f"elementalctl -n fleet-default label machineinventory {' '.join(names.split())} element=fire"
+    )
+    assert out == (
+        "machineinventory.elemental.cattle.io/m1 labeled\nmachineinventory.elemental.cattle.io/m2 labeled\n"
+    )
+    # troubleshooting-upgrade.md
+    sh.ok(
+        "elementalctl apply -f -",
+        f"apiVersion: {API}\nkind: ManagedOSImage\nmetadata: {{name: my-upgrade, namespace: fleet-default}}\n"
+        "spec: {managedOSVersionName: my-deleted-os-version}\n",
+    )
+    line = (
+        "elementalctl -n fleet-default get managedosimages "
+        "-l elemental.cattle.io/managed-os-version-name=my-deleted-os-version -o name"
+    )
+    wait_until(lambda: sh.ok(line) != "", 10.0, what="the controller's version-name label")
+    assert sh.ok(line) == "managedosimage.elemental.cattle.io/my-upgrade\n"
+    # troubleshooting-upgrade.md: kubectl -n fleet-default describe machineinventory my-unmanaged-os-machine
+    described = sh.ok("elementalctl -n fleet-default describe machineinventory m1")
+    assert "Name:         m1" in described and "element=fire" in described
+    # seedimage-reference.md: kubectl get seedimage <seed_image_name> -n <namespace> -o yaml
+    sh.ok("elementalctl apply -f registration.yaml -f seedimage.yaml")
+    seed = yaml.safe_load(sh.ok("elementalctl get seedimage fire-img -n fleet-default -o yaml"))
+    assert seed["kind"] == "SeedImage" and seed["spec"]["size"] == 6442450944

@@ -113,7 +113,8 @@ def _columns(spec: str) -> list[tuple[str, str]]:
     cols = []
     for part in _split_columns(spec.strip()):
         header, colon, path = part.partition(":")
-        if not colon or not header or not path:
+        # an empty header is kubectl's too (the docs' custom-columns=":metadata.name" --no-headers)
+        if not colon or not path:
             raise CtlError(f"custom-columns format: expected HEADER:JSONPATH, got {part!r}")
         jsonpath.compile_path(path.strip().removeprefix("{").removesuffix("}"))
         cols.append((header, path.strip()))
