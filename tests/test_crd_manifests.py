@@ -89,7 +89,7 @@ def reference(kind: str) -> jsonschema.protocols.Validator:
 
 
 def upstream_accepts(doc: dict[str, Any]) -> bool:
-    return reference(doc["kind"]).is_valid(doc)
+    return bool(reference(doc["kind"]).is_valid(doc))
 
 
 def we_accept(doc: dict[str, Any]) -> bool:
