@@ -276,7 +276,7 @@ def test_create_registration_from_the_form_and_download_its_seed_iso(
 ) -> None:
     op = dash_operator
     login(page, op)
-    page.get_by_role("link", name="Registrations").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Registrations").click()
     page.get_by_role("link", name="New registration").click()
     shot(page, "registration-new")
     form = page.locator("#registration-form")
@@ -303,6 +303,10 @@ def test_create_registration_from_the_form_and_download_its_seed_iso(
     page.locator("#reg-url").wait_for()  # appears live once the controller made the token
     url = page.locator("#reg-url").input_value()
     assert url.startswith(op.local_url + "/elemental/registration/")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=op.local_url)
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_role("button", name="Copied").wait_for()
+    assert page.evaluate("() => navigator.clipboard.readText()") == url
     with page.expect_download() as dl:
         page.locator("#download-registration").click()
     reg_file = Path(tmp_path / "registration.yaml")
@@ -344,7 +348,7 @@ def test_os_page_rollout_with_per_machine_progress(page: Any, dash_operator: Das
         }
     )
     login(page, op)
-    page.get_by_role("link", name="OS", exact=True).click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="OS").click()
     page.get_by_label("Version", exact=True).select_option("v0-2-0")
     page.get_by_role("button", name="Start rollout").click()
     page.wait_for_url("**/dashboard/os#images")
