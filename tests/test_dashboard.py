@@ -53,6 +53,17 @@ def test_progress_parsed_from_install_progress_condition() -> None:
     failed = {**cond, "status": "False", "message": "failed: 10% disk gone"}
     assert present.progress(_inv("m", conditions=[failed])).css == "bad"
     assert present.progress(_inv("m")).percent is None
+    stale = {
+        **cond,
+        "reason": "Stale",
+        "message": "copying: 50% (stale: no progress since 2026-12-02T00:00:00Z)",
+    }
+    p = present.progress(_inv("m", conditions=[stale]))
+    assert (p.percent, p.stage, p.css) == (
+        50.0,
+        "copying (stale)",
+        "bad",
+    ) and "no progress since" in p.message
 
 
 def test_plan_view_and_both_output_encodings() -> None:

@@ -74,6 +74,8 @@ def progress(inv: Resource) -> Progress:
     stage = m.group("stage") if m else str(cond.get("reason") or "")
     msg = m.group("msg").strip() if m else text
     css = {"True": "ok", "False": "bad"}.get(str(cond.get("status")), "wait")
+    if cond.get("reason") == "Stale":  # controllers.machineinventory: no report for too long
+        css, stage = "bad", f"{stage} (stale)"
     return Progress(pct, stage, msg, css)
 
 
