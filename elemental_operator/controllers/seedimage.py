@@ -54,7 +54,7 @@ from elemental_operator.store.base import NotFound, Resource
 log = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = (
-    "{python} -m iso.repack --base {base_image} --cache {cache} --registration {registration} "
+    "{python} -m iso.repack --base={base_image} --cache {cache} --registration {registration} "
     "--cloud-config {cloud_config} --type {type} --output {output} --progress {progress}"
 )
 # The default base: what `make iso` publishes (iso/seedimage.py), under $OUT.

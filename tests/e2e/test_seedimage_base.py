@@ -252,6 +252,8 @@ def test_default_base_and_ttl_cleanup(env: tuple[Operator, Registry, Path]) -> N
         ("not-seed", {"baseImage": "127.0.0.1:{port}/plain:1"}, "is not a seed image: no /elemental-iso/"),
         ("no-layout", {"baseImage": "oci:/nonexistent/layout"}, "is not an OCI layout"),
         ("raw-no-os", {"type": "raw"}, "a seed without an OS image"),
+        # one argv element (--base=…): an option-like value is a bad reference, not an option
+        ("option-like", {"baseImage": "--cache=/etc"}, "is not an image reference"),
     ],
 )
 def test_build_errors_are_conditions(
