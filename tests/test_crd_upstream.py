@@ -339,3 +339,44 @@ def test_unknown_selector_operator_is_a_condition_not_a_refusal(tmp_path: Path) 
         )
     finally:
         store.close()
+
+
+def test_schemaless_channel_options_are_checked_by_the_controller(tmp_path: Path) -> None:
+    from waiting import wait_until
+
+    from elemental_operator.context import OperatorContext
+    from elemental_operator.controllers import Manager, all_controllers
+    from elemental_operator.store.sql import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    try:
+        ctx = OperatorContext(store=store, public_url="https://op.test:8443", secret_key=b"k" * 32)
+        mgr = Manager(ctx, all_controllers(ctx, tmp_path / "state", seedimage_command="true"))
+        cases = {"not-an-object": "just a string", "uri-not-a-string": {"uri": ["a", "b"]}}
+        for name, options in cases.items():
+            store.create(
+                {
+                    "apiVersion": "elemental.cattle.io/v1beta1",
+                    "kind": "ManagedOSVersionChannel",
+                    "metadata": {"name": name, "namespace": "fleet-default"},
+                    "spec": {"type": "json", "options": options},
+                }
+            )
+
+        def reasons() -> dict[str, str]:
+            mgr.step()
+            out = {}
+            for name in cases:
+                conds = (store.get("ManagedOSVersionChannel", "fleet-default", name).get("status") or {}).get(
+                    "conditions"
+                ) or []
+                out[name] = next((c["message"] for c in conds if c["reason"] == "InvalidConfiguration"), "")
+            return out
+
+        wait_until(lambda: all(reasons().values()), 10.0, interval=0.02, what="InvalidConfiguration")
+        assert reasons() == {
+            "not-an-object": "options must be an object",
+            "uri-not-a-string": "options.uri (a string) is required for json channels",
+        }
+    finally:
+        store.close()

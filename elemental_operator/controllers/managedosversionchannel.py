@@ -176,11 +176,18 @@ class ManagedOSVersionChannelController(Controller):
         if not due and not (0 < failures <= MAX_CONSECUTIVE_FAILURES):
             return max(1.0, last + interval - time.time()) if last else interval
         options = spec.get("options") or {}
+        if not isinstance(options, dict):  # schemaless in the CRD (as upstream's): checked here
+            set_condition(ch, "Ready", "False", "InvalidConfiguration", "options must be an object")
+            return self._save(ch, before, None)
         if ctype == "json":
             source = options.get("uri") or options.get("URI") or ""
-            if not source:
+            if not source or not isinstance(source, str):
                 set_condition(
-                    ch, "Ready", "False", "InvalidConfiguration", "options.uri is required for json channels"
+                    ch,
+                    "Ready",
+                    "False",
+                    "InvalidConfiguration",
+                    "options.uri (a string) is required for json channels",
                 )
                 return self._save(ch, before, None)
             try:
