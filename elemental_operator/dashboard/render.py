@@ -16,6 +16,7 @@ from elemental_operator.dashboard import present
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
+ROW_CACHE = 50_000  # rendered machine rows kept (≈ 1.3 KiB each)
 
 
 def _static_version() -> str:
@@ -37,9 +38,27 @@ class Renderer:
         )
         self.env.globals.update(prefix=prefix, static_version=_static_version(), condition=present.condition)
         self._row = self.env.get_template("_row.html")
+        self._rows: dict[tuple[str, str], tuple[tuple[str, str], str]] = {}
 
     def page(self, template: str, **ctx: Any) -> str:
         return self.env.get_template(template).render(**ctx)
 
     def row(self, inv: dict[str, Any], secret: dict[str, Any] | None) -> str:
-        return self._row.render(row=present.machine_row(inv, secret))
+        return self.row_of(present.machine_row(inv, secret), inv, secret)
+
+    def row_of(self, row: present.MachineRow, inv: dict[str, Any], secret: dict[str, Any] | None) -> str:
+        """The row's HTML, rendered once per (inventory, plan Secret) version: the Machines page
+        and the live stream reuse it, so a page of 1,000 machines renders only what changed."""
+        key = (row.namespace, row.name)
+        version = (
+            str(inv["metadata"].get("resourceVersion", "")),
+            str(((secret or {}).get("metadata") or {}).get("resourceVersion", "")),
+        )
+        hit = self._rows.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        html = self._row.render(row=row)
+        if len(self._rows) >= ROW_CACHE:
+            self._rows.clear()  # more machines than the bound: start over rather than grow
+        self._rows[key] = (version, html)
+        return html

@@ -125,14 +125,15 @@ async def index(request: web.Request) -> web.StreamResponse:
 # ---- machines ------------------------------------------------------------------------------------
 
 
-def _machine_rows(ctx: OperatorContext) -> list[present.MachineRow]:
+def _machine_rows(ctx: OperatorContext, render: Renderer) -> list[tuple[present.MachineRow, str]]:
+    """Every machine's row and its HTML (cached per object version by the renderer)."""
     secrets_ = _plan_secrets(ctx, None)
-    return [
-        present.machine_row(
-            inv, secrets_.get((inv["metadata"].get("namespace", ""), inv["metadata"]["name"]))
-        )
-        for inv in ctx.store.list("MachineInventory")
-    ]
+    out = []
+    for inv in ctx.store.list("MachineInventory"):
+        secret = secrets_.get((inv["metadata"].get("namespace", ""), inv["metadata"]["name"]))
+        row = present.machine_row(inv, secret)
+        out.append((row, render.row_of(row, inv, secret)))
+    return out
 
 
 async def machines(request: web.Request) -> web.Response:
@@ -142,10 +143,11 @@ async def machines(request: web.Request) -> web.Response:
     sort = request.query.get("sort", "name")
     sort = sort if sort in present.SORT_KEYS else "name"
     desc = request.query.get("dir") == "desc"
-    rows = await _run(_machine_rows, ctx)
-    total = len(rows)
+    pairs = await _run(_machine_rows, ctx, request.app[RENDER])
+    total = len(pairs)
     labels = present.parse_label_filter(label)
-    rows = present.sort_rows([r for r in rows if present.row_matches(r, q, labels)], sort, desc)
+    html = {id(r): h for r, h in pairs}
+    rows = present.sort_rows([r for r, _ in pairs if present.row_matches(r, q, labels)], sort, desc)
 
     def sort_link(key: str) -> str:
         d = "desc" if key == sort and not desc else "asc"
@@ -157,6 +159,7 @@ async def machines(request: web.Request) -> web.Response:
         request,
         "machines.html",
         rows=rows,
+        row_html=[html[id(r)] for r in rows],
         total=total,
         q=q,
         label=label,
