@@ -264,6 +264,9 @@ def test_failed_plan_output_then_delete_shows_the_reset_plan(
     page.wait_for_function(
         "() => ((document.querySelector('#plan-type') || {}).textContent || '').trim() === 'reset'"
     )
+    assert (
+        "of an earlier plan" in page.locator("#h-plan + dl + h3").inner_text()
+    )  # the failure was not this plan's
     plan = json.loads(page.locator("#plan-json").text_content())
     # the reset plan of controllers.machineinventory: boot into recovery once, then reboot
     assert "elemental-recovery.conf" in json.dumps(plan["instructions"]), plan

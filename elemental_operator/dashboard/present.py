@@ -50,10 +50,16 @@ def badge(obj: Resource | None, ctype: str, true_text: str = "", false_text: str
     status = str(cond.get("status", "Unknown"))
     reason = str(cond.get("reason") or "")
     text = {"True": true_text, "False": false_text}.get(status) or reason or status
-    css = _BADGE_CLASS.get(status, "wait")
-    if status == "False" and any(w in reason for w in ("Waiting", "InProgress", "Ongoing")):
-        css = "wait"  # WaitingForPlan, UpgradeInProgress, SeedImageBuildOngoing: not yet, not wrong
+    css = condition_css(cond)  # WaitingForPlan, UpgradeInProgress, …BuildOngoing: not yet, not wrong
     return Badge(text, css, f"{ctype}={status} {reason}: {cond.get('message', '')}")
+
+
+def condition_css(cond: dict[str, Any]) -> str:
+    """The badge class of one condition (see ``badge``)."""
+    status, reason = str(cond.get("status", "")), str(cond.get("reason") or "")
+    if status == "False" and any(w in reason for w in ("Waiting", "InProgress", "Ongoing")):
+        return "wait"
+    return _BADGE_CLASS.get(status, "wait")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,12 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.globals.update(prefix=prefix, static_version=_static_version(), condition=present.condition)
+        self.env.globals.update(
+            prefix=prefix,
+            static_version=_static_version(),
+            condition=present.condition,
+            condition_css=present.condition_css,
+        )
         self._row = self.env.get_template("_row.html")
         self._rows: dict[tuple[str, str], tuple[tuple[str, str], str]] = {}
 
