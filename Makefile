@@ -13,7 +13,7 @@ export REGISTRATION ?=
 export OS_VERSION ?= 0.1.0
 STAGE := scripts/stage
 
-.PHONY: all setup host venv iso os seed operator-image repack test unit integration lint e2e bench clean
+.PHONY: all setup host venv iso os seed operator-image repack vm test unit integration lint e2e bench clean
 
 all: iso
 
@@ -48,6 +48,14 @@ os seed operator-image: setup
 repack: setup
 	@$(STAGE) "seed iso" $(PY) -m iso.pack
 	@$(STAGE) "seed image" $(PY) -m iso.seedimage
+
+## vm: boot $(OUT)/seed.iso in QEMU + swtpm against the dev operator (started if none runs) and
+## watch a machine register, install and turn Ready; the next call boots its installed disk.
+## NAME=m2: another machine; FRESH=1: start it over. Disk, TPM, firmware vars and logs stay in
+## $(ELEMENTAL_STATE)/vms/<name>/. The driver is tests/make_vm.py, on the VM test harness.
+VM_NAME := $(if $(filter command line,$(origin NAME)),$(NAME),m1)
+vm: venv
+	@$(STAGE) "vm $(VM_NAME)" $(PY) tests/make_vm.py --name '$(VM_NAME)' $(if $(filter 1 yes true,$(FRESH)),--fresh)
 
 ## test: the README's test command (and CI's): lint and the unit tier first, so a broken unit
 ## fails in minutes; then the images, then every other tier (integration, vm, e2e chain).
