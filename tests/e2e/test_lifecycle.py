@@ -4,15 +4,22 @@ One operator, one MachineRegistration and one machine for the whole module; the 
 order and each starts from the state the previous one left (an install under TCG costs minutes):
 
 1. ``test_register_install_ready`` (marked ``e2e``: part of ``make test``): seed ISO → TPM
-   registration → inventory named and labelled from SMBIOS → install (progress visible on the
-   inventory) → power off → boot the installed OS with a fresh swtpm on the same TPM state →
-   system agent → inventory Ready, plan Applied → the re-registration timer sends Update.
+   registration → inventory named and labelled from SMBIOS → install, **power cut mid slot-A
+   write** (the inventory's progress turns Stale) → the seed boots again, registers as the same
+   inventory, installs (progress visible on the inventory) → power off → boot the installed OS
+   with a fresh swtpm on the same TPM state → system agent → inventory Ready, plan Applied → the
+   re-registration timer sends Update.
 2. ``test_reset`` (``e2e``): delete the inventory → reset plan → recovery → re-registration
    with the same TPM hash → reinstall → Ready.
 3. ``test_upgrade`` (``e2e``): a second OS version (out/os plus a layer with another
    IMAGE_VERSION, served by a plain-HTTP registry on the host) published through a
    ManagedOSVersionChannel of type json (a file); a ManagedOSImage targets the machine; the agent
    upgrades the inactive slot and reboots into it; the inventory's plan secret reports the version.
+   **Power cuts** mid slot-B write (slot A boots, the plan runs again), right after the reboot
+   instruction (slot B boots and does not upgrade again) and right after ``elemental bless`` (slot
+   B still boots). While the power is off after the first and the last cut the disk is read on
+   the host (each slot's erofs through fsck.erofs, the ESP's entries): A always holds the old OS,
+   no entry points at a half-written slot or is empty, and at the end B holds the new OS.
 4. ``test_rollback`` (``e2e``): a version whose system agent cannot start: the new slot fails
    boot assessment three times, systemd-boot falls back to the previous slot, the agent reports
    the upgrade plan failed (inventory plan Failed, ManagedOSImage UpgradeFailed).
@@ -49,10 +56,10 @@ from lifecycle import (
     expected_name,
     plan_secret,
     publish_versions,
-    register_and_install,
+    register_install_cut,
     reset_machine,
     rollback_machine,
-    upgrade_machine,
+    upgrade_with_cuts,
     wait_console,
 )
 from vm import Machine
@@ -62,6 +69,23 @@ pytestmark = pytest.mark.vm
 MANUFACTURER, SERIAL = "E2ECorp", "E2E-0001"
 INVENTORY = expected_name(MANUFACTURER, SERIAL)
 UPGRADE_VERSION, BROKEN_VERSION = "0.2.0", "0.3.0"
+# A short staleness bound for InstallProgress, so the install cut shows Stale within seconds.
+STALE_AFTER = 30
+
+
+@pytest.fixture(scope="module")
+def op(results: Path) -> Iterator[Operator]:
+    """The suite's operator (conftest), with InstallProgress marked stale after STALE_AFTER s."""
+    from elemental_operator.controllers.machineinventory import STALE_AFTER_ENV
+
+    o = Operator(results)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(STALE_AFTER_ENV, str(STALE_AFTER))
+        o.start()
+    try:
+        yield o
+    finally:
+        o.stop()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +148,10 @@ def need(state: dict[str, Any], key: str) -> None:
 def test_register_install_ready(op: Operator, m1: Machine, results: Path, state: dict[str, Any]) -> None:
     t = Timings(results / "timings-register-install-ready.json")
     with diagnostics(results), InventoryRecorder(op) as rec:
-        inv = register_and_install(op, m1, INVENTORY, t, rec)
+        first, inv = register_install_cut(op, m1, INVENTORY, t, rec, stale_after=STALE_AFTER)
+        # the seed after the cut registered as the same inventory (same TPM, same object)
+        assert inv["metadata"]["uid"] == first["metadata"]["uid"], (first["metadata"], inv["metadata"])
+        assert any("(stale: no progress since" in p for p in rec.progress), rec.progress
         labels = inv["metadata"].get("labels") or {}
         assert labels.get("manufacturer") == MANUFACTURER, labels
         assert labels.get("serial") == SERIAL, labels
@@ -164,7 +191,8 @@ def test_upgrade(op: Operator, m1: Machine, registry: Registry, results: Path, s
     state["ready"] = False
     t = Timings(results / "timings-upgrade.json")
     with diagnostics(results):
-        upgrade_machine(
+        old = plan_secret(op, INVENTORY)["os-version"]  # what slot A runs
+        inv, truth = upgrade_with_cuts(
             op,
             m1,
             INVENTORY,
@@ -172,8 +200,21 @@ def test_upgrade(op: Operator, m1: Machine, registry: Registry, results: Path, s
             mos="e2e-upgrade",
             version="v" + UPGRADE_VERSION,
             image_version=UPGRADE_VERSION,
-            slot="b",
         )
+        assert condition(inv, "Ready") == "True"
+        print("disk after the upgrade's power cuts:", truth)
+        # cut mid slot-B write: A untouched, no entry points at the half-written B (its entry
+        # was removed before the write), so the machine could only boot A. (B itself is half
+        # written; fsck.erofs may or may not notice, so it is printed, not asserted.)
+        mid = truth["mid-slot-b"]
+        assert mid["a"] == old, mid
+        assert "elemental-b" not in mid["entries"] and "elemental-a" in mid["entries"], mid
+        # cut right after bless: B holds the new OS, A still the old one (the fallback was never
+        # overwritten), B's entry is the blessed one and no entry is empty
+        after = truth["after-bless"]
+        assert after["a"] == old and after["b"] == UPGRADE_VERSION, after
+        assert "elemental-b.conf:" in after["entries"], after
+        assert not [e for e in after["entries"].split() if e.endswith(":0")], after
     state["ready"] = True
     state["upgraded"] = True
 
