@@ -178,3 +178,43 @@ def test_dry_run_all_checks_everything_and_stores_nothing(operator: RunningOpera
     code, err = call(operator, "DELETE", f"{COLL}/d?dryRun=yes")
     assert (code, err["reason"]) == (400, "BadRequest") and "dryRun" in err["message"]
     assert call(operator, "DELETE", f"{COLL}/nope?dryRun=All")[0] == 404
+
+
+def _raw(
+    op: RunningOperator, method: str, path: str, body: Any, ctype: str = "application/json"
+) -> tuple[int, Any, list[str]]:
+    req = urllib.request.Request(op.url + path, data=json.dumps(body).encode(), method=method)
+    req.add_header("Authorization", f"Bearer {op.token}")
+    req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers.get_all("Warning") or []
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), exc.headers.get_all("Warning") or []
+
+
+def test_field_validation_strict_warn_ignore(operator: RunningOperator) -> None:
+    typo = {**meta("f"), "spec": {"appVersion": "1", "appVersoin": "2", "annotations": {"a": "b"}}}
+    code, err, _ = _raw(operator, "POST", COLL, typo)
+    assert (code, err["message"]) == (422, "spec.appVersoin: unknown field")  # Strict: our default
+    code, err, _ = _raw(operator, "POST", COLL + "?fieldValidation=Strict", typo)
+    assert code == 422
+    code, out, warnings = _raw(operator, "POST", COLL + "?fieldValidation=Warn&dryRun=All", typo)
+    assert code == 201 and "appVersoin" not in out["spec"]
+    assert warnings == ['299 - "unknown field \\"spec.appVersoin\\""']
+    code, out, warnings = _raw(operator, "POST", COLL + "?fieldValidation=Ignore", typo)
+    assert (code, out["spec"], warnings) == (201, {"appVersion": "1", "annotations": {"a": "b"}}, [])
+    code, out, warnings = _raw(
+        operator, "PATCH", f"{COLL}/f?fieldValidation=Warn", {"spec": {"nope": 1, "appVersion": "3"}}, MERGE
+    )
+    assert (code, out["spec"]["appVersion"], warnings) == (
+        200,
+        "3",
+        ['299 - "unknown field \\"spec.nope\\""'],
+    )
+    cur = stored(operator, "f")
+    assert cur is not None
+    code, out, warnings = _raw(operator, "PUT", f"{COLL}/f?fieldValidation=Ignore", {**cur, "extra": 1})
+    assert code == 200 and "extra" not in out and warnings == []
+    code, err, _ = _raw(operator, "POST", COLL + "?fieldValidation=Loose", typo)
+    assert (code, err["reason"]) == (400, "BadRequest") and "fieldValidation" in err["message"]

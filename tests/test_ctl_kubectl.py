@@ -1076,3 +1076,26 @@ def test_more_lines_from_elementals_docs(sh: Shell) -> None:
     sh.ok("elementalctl apply -f registration.yaml -f seedimage.yaml")
     seed = yaml.safe_load(sh.ok("elementalctl get seedimage fire-img -n fleet-default -o yaml"))
     assert seed["kind"] == "SeedImage" and seed["spec"]["size"] == 6442450944
+
+
+def test_apply_validate_modes(sh: Shell) -> None:
+    """kubectl's --validate: strict (default) refuses unknown fields; warn drops them with a
+    warning; ignore (or false) drops them; sent as the API server's fieldValidation."""
+    typo = f"apiVersion: {API}\nkind: MachineInventory\nmetadata: {{name: val-1}}\nspec: {{tpmHash: h-val-1, tpmHsh: x}}\n"
+    assert sh.fails("elementalctl apply -f -", typo).startswith(
+        "Error from server (Invalid): spec.tpmHsh: unknown field"
+    )
+    rc, out, err = sh("elementalctl apply --validate=warn -f -", typo)
+    assert (rc, out, err) == (
+        0,
+        "machineinventory.elemental.cattle.io/val-1 created\n",
+        'Warning: unknown field "spec.tpmHsh"\n',
+    )
+    assert sh.op.ctx.store.get("MachineInventory", NS, "val-1")["spec"]["tpmHash"] == "h-val-1"
+    rc, out, err = sh("elementalctl create --validate=false -f -", typo.replace("val-1", "val-2"))
+    assert (rc, err) == (0, "")
+    rc, out, err = sh("elementalctl apply --validate=warn --dry-run=client -f -", typo.replace("val-1", "val-3"))
+    assert rc == 0 and err == 'Warning: unknown field "spec.tpmHsh"\n'
+    assert sh.fails("elementalctl apply --validate=maybe -f -", typo) == (
+        'elementalctl: error: invalid - validate option "maybe"; must be one of: strict (or true), warn, ignore (or false)'
+    )

@@ -126,8 +126,12 @@ def resolve_kind(name: str) -> KindInfo:
     raise ValidationError(f"unknown resource type {name!r}")
 
 
-def validate(obj: Any) -> dict[str, Any]:
-    """Return a defaulted deep copy of ``obj`` or raise ValidationError naming the bad field."""
+def validate(obj: Any, pruned: list[str] | None = None) -> dict[str, Any]:
+    """Return a defaulted deep copy of ``obj`` or raise ValidationError naming the bad field.
+
+    With ``pruned`` (a list), unknown fields are dropped and their paths appended to it instead
+    of being errors: the API server's ``fieldValidation=Ignore|Warn`` (kubectl ``--validate=false``).
+    """
     if not isinstance(obj, dict):
         raise ValidationError("object must be a mapping")
     kind = obj.get("kind")
@@ -136,7 +140,7 @@ def validate(obj: Any) -> dict[str, Any]:
     info = kind_info(kind)
     if obj.get("apiVersion") != info.api_version:
         raise ValidationError(f"apiVersion: must be {info.api_version!r} for kind {kind}")
-    out = _check(copy.deepcopy(obj), info.schema, "", metadata=True)
+    out = _check(copy.deepcopy(obj), info.schema, "", metadata=True, pruned=pruned)
     if info.kind == "Secret":
         for key, value in (out.get("data") or {}).items():
             try:
@@ -164,7 +168,9 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def _check(value: Any, schema: Schema, path: str, metadata: bool = False) -> Any:
+def _check(
+    value: Any, schema: Schema, path: str, metadata: bool = False, pruned: list[str] | None = None
+) -> Any:
     where = path or "<root>"
     if schema.get("x-kubernetes-int-or-string"):
         if isinstance(value, bool) or not isinstance(value, int | str):
@@ -179,7 +185,7 @@ def _check(value: Any, schema: Schema, path: str, metadata: bool = False) -> Any
     if typ == "object" or (typ is None and "properties" in schema):
         if not isinstance(value, dict):
             raise ValidationError(f"{where}: must be an object, got {_type_name(value)}")
-        return _check_object(value, schema, path, preserve, metadata)
+        return _check_object(value, schema, path, preserve, metadata, pruned)
     if typ == "array":
         if not isinstance(value, list):
             raise ValidationError(f"{where}: must be an array, got {_type_name(value)}")
@@ -188,7 +194,7 @@ def _check(value: Any, schema: Schema, path: str, metadata: bool = False) -> Any
         if "minItems" in schema and len(value) < schema["minItems"]:
             raise ValidationError(f"{where}: fewer than {schema['minItems']} items")
         items = schema.get("items") or {"x-kubernetes-preserve-unknown-fields": True}
-        return [_check(v, items, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_check(v, items, f"{path}[{i}]", pruned=pruned) for i, v in enumerate(value)]
     if typ == "string":
         if not isinstance(value, str):
             raise ValidationError(f"{where}: must be a string, got {_type_name(value)}")
@@ -218,7 +224,7 @@ def _check(value: Any, schema: Schema, path: str, metadata: bool = False) -> Any
 
 
 def _check_object(
-    value: dict[str, Any], schema: Schema, path: str, preserve: bool, metadata: bool
+    value: dict[str, Any], schema: Schema, path: str, preserve: bool, metadata: bool, pruned: list[str] | None
 ) -> dict[str, Any]:
     props: dict[str, Schema] = schema.get("properties") or {}
     if metadata and path == "":
@@ -236,6 +242,9 @@ def _check_object(
             elif extra is True or preserve:
                 out[key] = sub
                 continue
+            elif pruned is not None:
+                pruned.append(sub_path)
+                continue
             else:
                 raise ValidationError(f"{sub_path}: unknown field")
         if sub is None:
@@ -243,7 +252,7 @@ def _check_object(
             if sub_schema.get("nullable"):
                 out[key] = None
             continue
-        out[key] = _check(sub, sub_schema, sub_path)
+        out[key] = _check(sub, sub_schema, sub_path, pruned=pruned)
     for key, sub_schema in props.items():
         if key not in out and "default" in sub_schema:
             out[key] = _check(copy.deepcopy(sub_schema["default"]), sub_schema, _join(path, key))

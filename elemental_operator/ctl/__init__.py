@@ -104,6 +104,14 @@ def _verbs() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], 
     def apply(p: argparse.ArgumentParser) -> None:
         _files(p)
         _dry(p)
+        p.add_argument(
+            "--validate",
+            nargs="?",
+            const="strict",
+            default="strict",
+            help="strict (or true, the default): unknown fields are errors; warn: dropped with a "
+            "warning; ignore (or false): dropped",
+        )
 
     def delete(p: argparse.ArgumentParser) -> None:
         _files(p)

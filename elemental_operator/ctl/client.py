@@ -7,7 +7,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from elemental_common.errors import Die
@@ -25,8 +25,21 @@ class CtlError(Die):
         self.status = status
 
 
+def _warning_text(header: str) -> str:
+    """The text of a ``299 - "text"`` Warning header (RFC 7234), as the API server sends them."""
+    code, _, quoted = header.partition(" - ")
+    try:
+        text = json.loads(quoted)
+    except ValueError:
+        return header
+    return str(text) if code.strip() == "299" else header
+
+
 class Client:
     def __init__(self, server: str, token: str, ca: str | None, insecure: bool) -> None:
+        self.warn: Callable[[str], None] | None = None  # the server's Warning headers go here
+        # fieldValidation of writes (apply/create --validate): Strict, Warn or Ignore
+        self.field_validation = "Strict"
         self.server = server
         self.base = server.rstrip("/") + ADMIN_PREFIX
         self.token = token
@@ -83,7 +96,13 @@ class Client:
         """One request; ``dry_run`` adds ``?dryRun=All`` (the server checks everything, stores nothing)."""
         if dry_run:
             path += ("&" if "?" in path else "?") + "dryRun=All"
+        if method in ("POST", "PUT", "PATCH") and self.field_validation != "Strict":
+            path += ("&" if "?" in path else "?") + f"fieldValidation={self.field_validation}"
         with self._open(method, path, body, content_type=content_type) as resp:
+            headers = getattr(resp, "headers", None)  # an http.client.HTTPResponse's
+            for header in (headers.get_all("Warning") if headers is not None else None) or []:
+                if self.warn is not None:
+                    self.warn(_warning_text(header))
             try:
                 return json.loads(resp.read() or b"null")
             except ValueError:

@@ -36,6 +36,8 @@ _FIELD_ERROR = re.compile(r"^(?:Error from [^:]*: )?([A-Za-z0-9_\-./\[\]]+): ")
 # What ``apply`` stores, as kubectl does, to know next time which fields the file stopped stating.
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 RETRIES = 10
+# kubectl's --validate values → the API server's fieldValidation
+VALIDATE = {"strict": "Strict", "true": "Strict", "warn": "Warn", "ignore": "Ignore", "false": "Ignore"}
 
 
 @dataclass
@@ -47,11 +49,19 @@ class Session:
     out: IO[str]
     err: IO[str]
     _client: Client | None = None
+    validation: str = "Strict"  # apply/create --validate, as fieldValidation
 
     @property
     def client(self) -> Client:
         if self._client is None:
             self._client = self.connect()
+            err = self.err
+
+            def warn(text: str) -> None:
+                err.write(f"Warning: {text}\n")  # kubectl's form
+
+            self._client.warn = warn
+        self._client.field_validation = self.validation
         return self._client
 
 
@@ -217,13 +227,18 @@ def _server_dry(args: argparse.Namespace) -> bool:
     return getattr(args, "dry_run", "none") == "server"
 
 
-def _check_locally(obj: dict[str, Any]) -> None:
+def _check_locally(obj: dict[str, Any], s: Session | None = None) -> None:
     """``--dry-run=client``: the object is checked with the same schemas the server validates
     with (``api.validate``) and nothing is sent; ``server`` sends it with ``?dryRun=All``."""
+    lenient = s is not None and s.validation != "Strict"
+    pruned: list[str] = []
     try:
-        validate(obj)
+        validate(obj, pruned if lenient else None)
     except ValidationError as exc:
         raise CtlError(f"Error from validation (dry run): {exc}") from None
+    if s is not None and s.validation == "Warn":
+        for path in pruned:
+            s.err.write(f'Warning: unknown field "{path}"\n')
 
 
 def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_only: bool) -> str:
@@ -251,7 +266,7 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
         meta.setdefault("annotations", {})[LAST_APPLIED] = json.dumps(applied, separators=(",", ":"))
     if create_only or not name:
         if args.dry_run == "client":
-            _check_locally(obj)
+            _check_locally(obj, s)
             return f"{ref(info, name or meta.get('generateName', '') + '*')} created{_dry_suffix(args)}"
         out = s.client.call("POST", Client.collection(info, ns), obj, dry_run=_server_dry(args))
         return f"{ref(info, out['metadata']['name'])} created{_dry_suffix(args)}"
@@ -265,7 +280,7 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
             if exc.status != 404:
                 raise
             if args.dry_run == "client":
-                _check_locally(obj)
+                _check_locally(obj, s)
                 return f"{ref(info, name)} created{_dry_suffix(args)}"
             out = s.client.call("POST", Client.collection(info, ns), obj, dry_run=_server_dry(args))
             if dry:
@@ -282,7 +297,7 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
         new = _three_way(previous, obj, cur)
         if dry:
             if args.dry_run == "client":
-                _check_locally(new)
+                _check_locally(new, s)
             elif new != cur:
                 s.client.call("PUT", Client.item(info, ns, name), new, dry_run=True)
             changed = new != cur or (status is not None and status != cur.get("status"))
@@ -306,9 +321,16 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
 def cmd_apply(args: argparse.Namespace, s: Session, create_only: bool = False) -> int:
     if not args.filename:
         raise CtlError("must specify one of -f and -k" if not create_only else "must specify -f FILENAME")
+    validation = VALIDATE.get(str(args.validate).lower())
+    if validation is None:
+        raise CtlError(
+            f'invalid - validate option "{args.validate}"; '
+            "must be one of: strict (or true), warn, ignore (or false)"
+        )
     docs = manifests.read(args.filename, args.recursive)
     if not docs:
         raise CtlError("no objects passed to " + ("create" if create_only else "apply"))
+    s.validation = validation
     rc = 0
     for doc in docs:
         try:

@@ -24,7 +24,7 @@ from elemental_common.consts import (
     PLAN_TYPE_ANNOTATION,
     SEEDIMAGE_ARTIFACT_ANNOTATION,
 )
-from elemental_operator.api import KindInfo, ValidationError, kinds
+from elemental_operator.api import KindInfo, ValidationError, kinds, validate
 from elemental_operator.api import patch as patches
 from elemental_operator.context import OperatorContext
 from elemental_operator.controllers.base import (
@@ -77,7 +77,7 @@ def _error(exc: Exception) -> web.Response:
         return _status(422, "Invalid", str(exc))
     if isinstance(exc, UnsupportedPatch):
         return _status(415, "UnsupportedMediaType", str(exc))
-    if isinstance(exc, BadDryRun):
+    if isinstance(exc, BadQuery):
         return _status(400, "BadRequest", str(exc))
     if isinstance(exc, NotFound):
         return _status(404, "NotFound", str(exc))
@@ -426,8 +426,8 @@ class UnsupportedPatch(Exception):
     """A PATCH whose Content-Type is none of the patch types: 415, as the API server answers."""
 
 
-class BadDryRun(Exception):
-    """A ``dryRun`` query value other than ``All``: 400."""
+class BadQuery(Exception):
+    """A ``dryRun`` other than ``All`` or a ``fieldValidation`` other than Strict/Warn/Ignore: 400."""
 
 
 def _dry_run(request: web.Request) -> bool:
@@ -435,8 +435,41 @@ def _dry_run(request: web.Request) -> bool:
     with the object it would store, and nothing is written (the Kubernetes API server's dry run)."""
     values = request.query.getall("dryRun", [])
     if any(v != "All" for v in values):
-        raise BadDryRun(f'dryRun: Unsupported value: {values[0]!r}: supported values: "All"')
+        raise BadQuery(f'dryRun: Unsupported value: {values[0]!r}: supported values: "All"')
     return bool(values)
+
+
+FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
+
+
+class Lenient:
+    """``?fieldValidation=``: ``Strict`` (our default, and kubectl's) refuses unknown fields;
+    ``Warn`` drops them and names each in a ``Warning`` header, ``Ignore`` drops them silently —
+    the API server's three modes (its own default without the parameter is Warn)."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.mode = request.query.get("fieldValidation", "Strict")
+        if self.mode not in FIELD_VALIDATION:
+            raise BadQuery(
+                f'fieldValidation: Unsupported value: "{self.mode}": '
+                'supported values: "Ignore", "Strict", "Warn"'
+            )
+        self.warnings: list[str] = []
+
+    def __call__(self, obj: Resource) -> Resource:
+        if self.mode == "Strict":
+            return obj
+        pruned: list[str] = []
+        out = validate(obj, pruned)
+        if self.mode == "Warn":
+            self.warnings += [f'unknown field "{path}"' for path in pruned]
+        return out
+
+    def response(self, body: Any, status: int = 200) -> web.Response:
+        resp = web.json_response(body, status=status)
+        for text in self.warnings:  # RFC 7234's form, as the API server sends them
+            resp.headers.add("Warning", "299 - " + json.dumps(text))
+        return resp
 
 
 def _write(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
@@ -509,6 +542,7 @@ async def admin_create(request: web.Request) -> web.Response:
     ctx = request.app[CTX_KEY]
     info = _kind_for(request.match_info["plural"])
     try:
+        lenient = Lenient(request)
         obj = _checked_object(await _body(request), info)
         # Like Kubernetes with a status subresource: status is written only through /status.
         obj.pop("status", None)
@@ -518,7 +552,7 @@ async def admin_create(request: web.Request) -> web.Response:
             raise ValidationError("metadata.namespace: does not match the request path")
         if ns:
             meta["namespace"] = ns
-        created = await _run(_write, request, ctx.store.create, obj)
+        created = await _run(_write, request, ctx.store.create, await _run(lenient, obj))
     except AlreadyExists:  # the API server's words: resource.group "name"
         group = f".{info.api_version.split('/')[0]}" if "/" in info.api_version else ""
         return _status(
@@ -526,7 +560,7 @@ async def admin_create(request: web.Request) -> web.Response:
         )
     except Exception as exc:
         return _error(exc)
-    return web.json_response(created, status=201)
+    return lenient.response(created, status=201)
 
 
 async def admin_get(request: web.Request) -> web.Response:
@@ -546,6 +580,7 @@ async def admin_update(request: web.Request) -> web.Response:
     info = _kind_for(request.match_info["plural"])
     status_only = request.path.endswith("/status")
     try:
+        lenient = Lenient(request)
         obj = _checked_object(await _body(request), info)
         if not status_only:
             obj.pop("status", None)  # the store keeps the current status on a main-resource update
@@ -556,17 +591,19 @@ async def admin_update(request: web.Request) -> web.Response:
         if request.match_info.get("namespace"):
             meta["namespace"] = request.match_info["namespace"]
         fn = ctx.store.update_status if status_only else ctx.store.update
-        out = await _run(_write, request, fn, obj)
+        out = await _run(_write, request, fn, await _run(lenient, obj))
     except Exception as exc:
         return _error(exc)
-    return web.json_response(out)
+    return lenient.response(out)
 
 
 PATCH_TYPES = {v: k for k, v in patches.CONTENT_TYPES.items()}
 PATCH_RETRIES = 5
 
 
-def _patched(store: Any, info: KindInfo, ns: str, name: str, kind: str, body: Any, status_only: bool) -> Any:
+def _patched(
+    store: Any, info: KindInfo, ns: str, name: str, kind: str, body: Any, status_only: bool, lenient: Lenient
+) -> Any:
     """Apply a patch to the stored object and write it with the resourceVersion it was read at;
     a concurrent write (409) re-reads and re-applies, unless the patch itself names a
     resourceVersion (then the 409 is the answer, as in Kubernetes)."""
@@ -582,6 +619,8 @@ def _patched(store: Any, info: KindInfo, ns: str, name: str, kind: str, body: An
                 raise ValidationError(f"metadata.{key}: a patch cannot change it")
         if not pinned:
             meta["resourceVersion"] = cur["metadata"].get("resourceVersion")
+        lenient.warnings.clear()  # a retry re-applies the patch: its warnings, once
+        new = lenient(new)
         try:
             return (store.update_status if status_only else store.update)(new)
         except Conflict:
@@ -598,6 +637,7 @@ async def admin_patch(request: web.Request) -> web.Response:
     info = _kind_for(request.match_info["plural"])
     status_only = request.path.endswith("/status")
     try:
+        lenient = Lenient(request)
         ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
         kind = PATCH_TYPES.get(ctype)
         if kind is None:
@@ -608,10 +648,12 @@ async def admin_patch(request: web.Request) -> web.Response:
         body = await _body(request)
         ns = request.match_info.get("namespace", "")
         name = request.match_info["name"]
-        out = await _run(_write, request, _patched, ctx.store, info, ns, name, kind, body, status_only)
+        out = await _run(
+            _write, request, _patched, ctx.store, info, ns, name, kind, body, status_only, lenient
+        )
     except Exception as exc:
         return _error(exc)
-    return web.json_response(out)
+    return lenient.response(out)
 
 
 async def admin_delete(request: web.Request) -> web.Response:
