@@ -119,6 +119,22 @@ def test_client_data_over_a_limit_is_an_error_naming_it(
     assert operator.store.list("MachineInventory") == []
 
 
+def test_annotation_total_is_per_inventory_across_sessions(
+    operator: InProcessOperator, reg: dict[str, Any]
+) -> None:
+    """Kubernetes' 256 KiB holds for the stored object: sessions of the same machine, each under
+    every per-session limit, cannot grow it past that one after another."""
+    first = [_json(P.MsgType.ANNOTATIONS, {f"a{i}": "x" * 60_000 for i in range(4)}), GET]
+    assert _session(operator, reg, first)[-1][0] == P.MsgType.CONFIG
+    [inv] = operator.store.list("MachineInventory")
+    before = inv["metadata"]["annotations"]
+    more = [_json(P.MsgType.UPDATE, {}), _json(P.MsgType.ANNOTATIONS, {"b0": "y" * 30_000}), GET]
+    message = _error_of(_session(operator, reg, more))
+    assert "limit max-annotations-total-bytes=262144" in message, message
+    [inv] = operator.store.list("MachineInventory")
+    assert inv["metadata"]["annotations"] == before  # nothing of the refused session was stored
+
+
 def test_templating_is_linear_and_capped() -> None:
     t = Templater()
     t.fill({"a": "", "b": "x" * 1000})
