@@ -486,13 +486,16 @@ def disk_truth(disk: Path, work: Path) -> dict[str, str]:
     parts = _gpt(raw.read_bytes())
     out: dict[str, str] = {}
     for slot in ("a", "b"):
-        first, _ = parts[f"COS_SYSTEM_{slot.upper()}"]
+        first, last = parts[f"COS_SYSTEM_{slot.upper()}"]
         head = _read_part(disk, first, 1, work / f"{slot}-head.raw")
         (magic,) = struct.unpack_from("<I", head, 1024)
         if magic != 0xE0F5E1E2:
             out[slot] = "no erofs"
             continue
-        size = struct.unpack_from("<I", head, 1024 + 0x24)[0] << head[1024 + 0x0C]
+        # a half-written slot may hold any superblock: never read past the partition
+        size = min(
+            struct.unpack_from("<I", head, 1024 + 0x24)[0] << head[1024 + 0x0C], (last - first + 1) * 512
+        )
         image, tree = work / f"{slot}.erofs", work / f"{slot}-tree"
         _read_part(disk, first, -(-size // (1 << 20)), image)
         shutil.rmtree(tree, ignore_errors=True)
