@@ -3,7 +3,9 @@
 * emulated TPM: two machines with no TPM device, ``emulated-tpm-seed: -1`` → two identities;
 * PXE: the seed over QEMU's iPXE (user-network TFTP for the script, HTTP for the UKI) fetches the
   registration file named on its command line and registers;
-* SeedImage: the operator builds the ISO a user would download; it boots and registers;
+* SeedImage: the seed `make iso` publishes (out/seed-image) is served by a registry on loopback as
+  the SeedImage's spec.baseImage; the operator pulls and repacks it; the downloaded ISO boots and
+  registers;
 * unmanaged: out/os.raw (not installed by us) runs ``elemental-register --install --no-toolkit``;
   the inventory carries os.unmanaged; deleting it makes the sentinel file appear on the machine.
 
@@ -13,6 +15,7 @@ One operator for the module; logs under ``results/e2e/machines/``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
 import shutil
 import threading
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import OUT, RESULTS, Operator, condition, diagnostics, fresh_dir
+from harness import OUT, RESULTS, Operator, Registry, condition, diagnostics, fresh_dir
 from lifecycle import REGISTERED, SEED_MEMORY_MB, Fleet, expected_name, registration_spec, smbios
 from vm import Machine
 
@@ -137,43 +140,64 @@ def test_pxe(op: Operator, results: Path) -> None:
             http_.close()
 
 
-def test_seedimage(op: Operator, results: Path) -> None:
-    with diagnostics(results):
-        op.registration("seedimage", registration_spec())
-        op.create(
-            {
-                "apiVersion": "elemental.cattle.io/v1beta1",
-                "kind": "SeedImage",
-                "metadata": {"name": "e2e-seed"},
-                "spec": {
-                    "registrationRef": {"name": "seedimage", "namespace": "fleet-default"},
-                    "type": "iso",
-                },
-            }
-        )
+def test_seedimage(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed `make iso` publishes (out/seed-image, /elemental-iso/seed.iso) served by a registry
+    on loopback is a SeedImage's spec.baseImage; the operator pulls and repacks it with the
+    registration and cloud-config; the downloaded ISO boots and registers."""
+    layout = OUT / "seed-image"
+    if not (layout / "index.json").is_file():
+        pytest.skip(f"{layout} missing (make iso publishes it)")
+    with diagnostics(results), Registry({"elemental/seed": layout}, results / "registry.log") as registry:
+        monkeypatch.setenv("ELEMENTAL_INSECURE_REGISTRIES", f"127.0.0.1:{registry.port}")
+        op = Operator(fresh_dir(results / "seedimage-operator")).start()
+        try:
+            _seedimage_boots(op, results, f"127.0.0.1:{registry.port}/elemental/seed:latest")
+        finally:
+            op.stop()
 
-        def built() -> dict[str, Any] | None:
-            si = op.get("seedimages", "e2e-seed")
-            if condition(si, "SeedImageReady", "reason") == "SeedImageBuildFailure":
-                raise AssertionError(condition(si, "SeedImageReady", "message"))
-            return si if (si.get("status") or {}).get("downloadURL") else None
 
-        si = op.wait("SeedImage built", built, 600, 2)
-        url: str = si["status"]["downloadURL"]
-        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
-        iso = results / "downloaded-seed.iso"
-        req_data = _download(op, path)
-        iso.write_bytes(req_data)
-        m = Machine(
-            "seedimage",
-            results_dir=results,
-            memory_mb=SEED_MEMORY_MB,
-            extra_args=smbios("SiCorp", "Si Box", "SI-0001"),
-        )
-        with m:
-            m.add_disk(size="8G", interface="nvme")
-            m.add_cdrom(iso)
-            registered(op, m, expected_name("SiCorp", "SI-0001"))
+def _seedimage_boots(op: Operator, results: Path, base_image: str) -> None:
+    op.registration("seedimage", registration_spec())
+    op.create(
+        {
+            "apiVersion": "elemental.cattle.io/v1beta1",
+            "kind": "SeedImage",
+            "metadata": {"name": "e2e-seed"},
+            "spec": {
+                "registrationRef": {"name": "seedimage", "namespace": "fleet-default"},
+                "type": "iso",
+                "baseImage": base_image,
+                "cloud-config": {"runcmd": ["echo e2e-seedimage-cloud-config"]},
+            },
+        }
+    )
+
+    def built() -> dict[str, Any] | None:
+        si = op.get("seedimages", "e2e-seed")
+        if condition(si, "SeedImageReady", "reason") == "SeedImageBuildFailure":
+            raise AssertionError(condition(si, "SeedImageReady", "message"))
+        return si if (si.get("status") or {}).get("downloadURL") else None
+
+    start = time.monotonic()
+    si = op.wait("SeedImage built", built, 600, 2)
+    print(f"SeedImage built from {base_image} in {time.monotonic() - start:.1f}s")
+    url: str = si["status"]["downloadURL"]
+    path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+    iso = results / "downloaded-seed.iso"
+    req_data = _download(op, path)
+    iso.write_bytes(req_data)
+    checksum = _download(op, path + ".sha256").decode().split()[0]
+    assert checksum == hashlib.sha256(req_data).hexdigest()
+    m = Machine(
+        "seedimage",
+        results_dir=results,
+        memory_mb=SEED_MEMORY_MB,
+        extra_args=smbios("SiCorp", "Si Box", "SI-0001"),
+    )
+    with m:
+        m.add_disk(size="8G", interface="nvme")
+        m.add_cdrom(iso)
+        registered(op, m, expected_name("SiCorp", "SI-0001"))
 
 
 def _download(op: Operator, path: str) -> bytes:
