@@ -2,9 +2,10 @@
 
 Outputs (in $OUT):
 
-* ``os``: ``os/`` (OCI layout, tag $OS_VERSION) and ``os.raw`` (the installed A/B layout, written by
-  ``elemental build-disk`` from the OCI image, as a machine's install does; OS_RAW=mkosi builds
-  mkosi's plain disk instead);
+* ``os``: ``os/`` (OCI layout, tag $OS_VERSION: the prebuilt slot, erofs + dm-verity hash area, its UKI
+  carrying the root hash, and systemd-boot; packed by ``osimage.pack`` from the split artifacts of
+  mkosi's disk build) and ``os.raw`` (the installed A/B layout, written by ``elemental build-disk``
+  from the OCI image, as a machine's install does; OS_RAW=mkosi keeps mkosi's plain disk instead);
 * ``seed``: ``seed.efi`` (+ ``seed.vmlinuz``, ``seed.initrd`` for PXE);
 * ``operator-image``: ``operator/`` (OCI layout, tag $OS_VERSION).
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from elemental_common import consts
 from elemental_common.errors import die, entry_point
 from elemental_common.run import run, spawn
+from imagebuild import osimage
 
 REPO = Path(__file__).resolve().parent.parent
 # make target -> mkosi profile
@@ -224,11 +225,7 @@ def build_os_raw(s: Settings) -> None:
     raw = s.out / "os.raw"
     raw.unlink(missing_ok=True)
     if s.os_raw == "mkosi":
-        # another name: mkosi symlinks $Output -> $Output.raw, which would replace $OUT/os
-        mkosi_build(s, "os", "--format=disk", "--output=os-disk")
-        (s.out / "os-disk.raw").rename(raw)
-        for p in s.out.glob("os-disk*"):
-            p.unlink()
+        (s.out / "os-disk.raw").rename(raw)  # mkosi's own disk (ESP + root + verity, no A/B)
         return
     log = s.repo / "build" / "build-disk.log"
     say("os", f"elemental build-disk -> {raw} ({s.os_raw_size}; log: {log.relative_to(s.repo)})")
@@ -242,6 +239,28 @@ def build_os_raw(s: Settings) -> None:
     if proc.returncode != 0:
         print("\n".join((proc.stdout + proc.stderr).splitlines()[-30:]), flush=True)
         die("elemental build-disk failed", f"see {log}; OS_RAW=mkosi builds a plain mkosi disk")
+
+
+def pack_os(s: Settings) -> None:
+    """$OUT/os: the OCI image of the slot (erofs + dm-verity), its UKI and systemd-boot, from the
+    split artifacts of mkosi's disk build (profiles/os/repart)."""
+    d = s.out
+    say("os", f"OCI image of the verity slot -> {d / 'os'}")
+    shutil.rmtree(d / "os", ignore_errors=True)
+    sd_boot = osimage.systemd_boot_from_esp(d / "os-disk.esp.raw", d / "os-disk.systemd-boot.efi")
+    digest = osimage.pack(
+        d / "os",
+        s.os_version,
+        slot=d / "os-disk.slot.raw",
+        verity=d / "os-disk.verity.raw",
+        uki=d / "os-disk.efi",
+        sd_boot=sd_boot,
+        labels={
+            "org.opencontainers.image.title": "elemental-os",
+            "org.opencontainers.image.version": s.os_version,
+        },
+    )
+    say("os", f"os:{s.os_version} {digest}")
 
 
 def build(target: str, s: Settings) -> None:
@@ -265,11 +284,12 @@ def build(target: str, s: Settings) -> None:
     definitions = definition_files(s.repo, profile)
     with _package_lock(s, profile, definitions):
         if profile == "os":
-            mkosi_build(s, "os", "--format=oci", "--output=os")
+            # another name: mkosi symlinks $Output -> $Output.raw, which would replace $OUT/os
+            mkosi_build(s, "os", "--output=os-disk")
+            pack_os(s)
             build_os_raw(s)
-            # mkosi also leaves the UKI and its parts next to the output; the OS keeps its UKI inside.
-            for name in ("os.efi", "os.vmlinuz", "os.initrd"):
-                (s.out / name).unlink(missing_ok=True)
+            for p in s.out.glob("os-disk*"):
+                p.unlink()
         else:
             mkosi_build(s, profile)
     stamp.parent.mkdir(parents=True, exist_ok=True)
