@@ -21,6 +21,9 @@ What it decides, each in a function of its own with a test (tests/test_imagebuil
    cache — holds a lock on the package cache for its whole run, because mkosi 24.3 runs apt with
    Debug::NoLocking and two downloads of one .deb could clobber each other (`may_install_packages`).
 
+The os and seed images are signed for Secure Boot (``keys.py``: $ELEMENTAL_SB_KEY/$ELEMENTAL_SB_CERT,
+else the project key in $ELEMENTAL_STATE/secureboot, made on first use).
+
 Caches live outside the repo: $ELEMENTAL_CACHE/packages (apt) and $ELEMENTAL_CACHE/mkosi/<profile>
 (the tree after the package step; one per profile, since mkosi 24 keys the cache by distribution,
 release and architecture only). MKOSI_ARGS adds mkosi options (``-f`` drops the image cache, needed

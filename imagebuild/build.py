@@ -17,7 +17,7 @@ from pathlib import Path
 from elemental_common import consts
 from elemental_common.errors import die, entry_point
 from elemental_common.run import run, spawn
-from imagebuild import osimage
+from imagebuild import keys, osimage
 
 REPO = Path(__file__).resolve().parent.parent
 # make target -> mkosi profile
@@ -27,6 +27,8 @@ OUTPUTS = {
     "os": ("os/index.json", "os.raw"),
     "operator": ("operator/index.json",),
 }
+# Images whose systemd-boot and UKIs are signed for Secure Boot.
+SIGNED = ("os", "seed")
 # Besides the profile's own definition and overlay, these go into every image's input digest.
 COMMON_INPUTS = ("mkosi.conf", "mkosi.pkgmngr", "imagebuild", "scripts/mkosi-install-wheel",
                  "scripts/mkosi-oci-postoutput")
@@ -43,11 +45,16 @@ class Settings:
     mkosi_args: tuple[str, ...]
     force: bool
     python: Path
+    sb_key: Path  # Secure Boot signing key and certificate (PEM); ELEMENTAL_SB_KEY / _CERT
+    sb_cert: Path
+    sb_own: bool  # the user gave them (else the project's own, made on first use)
 
     @classmethod
     def from_env(cls, repo: Path = REPO) -> Settings:
         env = os.environ
         out = Path(env.get("OUT") or repo / "out")
+        state = Path(env.get("ELEMENTAL_STATE") or consts.DEFAULT_STATE_DIR)
+        key, cert = keys.default_paths(state)
         return cls(
             repo=repo,
             out=out if out.is_absolute() else repo / out,
@@ -58,6 +65,9 @@ class Settings:
             mkosi_args=tuple((env.get("MKOSI_ARGS") or "").split()),
             force=bool(env.get("FORCE")),
             python=Path(env.get("PY") or repo / ".venv/bin/python"),
+            sb_key=Path(env.get("ELEMENTAL_SB_KEY") or key),
+            sb_cert=Path(env.get("ELEMENTAL_SB_CERT") or cert),
+            sb_own=bool(env.get("ELEMENTAL_SB_KEY") or env.get("ELEMENTAL_SB_CERT")),
         )
 
 
@@ -151,6 +161,8 @@ def inputs_digest(s: Settings, profile: str, mkosi_version: str, record: str) ->
         f"{mkosi_version} OS_VERSION={s.os_version} OS_RAW={s.os_raw} OS_RAW_SIZE={s.os_raw_size}",
         record,
     ]
+    if profile in SIGNED and s.sb_cert.is_file():
+        lines.append(f"secure-boot certificate {keys.fingerprint(s.sb_cert)}")
     for f in definition_files(s.repo, profile):
         data = os.readlink(f).encode() if f.is_symlink() else f.read_bytes()
         lines.append(f"{hashlib.sha256(data).hexdigest()}  {f.relative_to(s.repo)}")
@@ -187,6 +199,7 @@ def may_install_packages(profile_cache: Path, definitions: Sequence[Path], mkosi
 
 def mkosi_build(s: Settings, profile: str, *extra: str) -> None:
     log = s.repo / "build" / f"mkosi-{profile}.log"
+    signing = keys.mkosi_args(s.sb_key, s.sb_cert) if profile in SIGNED else []
     argv = [
         "mkosi",
         f"--profile={profile}",
@@ -194,6 +207,7 @@ def mkosi_build(s: Settings, profile: str, *extra: str) -> None:
         f"--package-cache-dir={s.cache / 'packages'}",
         f"--output-dir={s.out}",
         f"--image-version={s.os_version}",
+        *signing,
         *s.mkosi_args,
         "-f",
         *extra,
@@ -270,6 +284,8 @@ def build(target: str, s: Settings) -> None:
     for d in (s.cache / "packages", s.cache / "mkosi" / profile, s.out, s.repo / "build"):
         d.mkdir(parents=True, exist_ok=True)
 
+    if profile in SIGNED:
+        keys.ensure(s.sb_key, s.sb_cert, create=not s.sb_own)
     record = refresh_wheel(s, profile)
     mkosi_version = run(["mkosi", "--version"]).stdout.strip()
     digest, covered = inputs_digest(s, profile, mkosi_version, record)
