@@ -88,3 +88,54 @@ def top_hash(sb: VeritySuperblock, hash_area: bytes) -> str:
     if len(top) != sb.hash_block_size:
         raise ValueError("short dm-verity hash area")
     return hashlib.new(sb.algorithm, sb.salt + top).hexdigest()
+
+
+def verify(dev: str, hash_offset: int, roothash: str, limit: int = 16) -> tuple[bool, list[int]]:
+    """Check a slot on `dev` the way dm-verity would, in user space: (tree intact, data blocks
+    whose hash does not match, at most `limit`). The tree is intact when every hash block hashes
+    to its entry one level up and the top block to `roothash`. Reads the whole slot: for a report
+    after a failed boot (`elemental status --verify`), not for the boot path."""
+    import hashlib
+
+    with open(dev, "rb") as f:
+        f.seek(hash_offset)
+        head = f.read(VERITY_SB_SIZE)
+        sb = parse_verity_superblock(head)
+        bs, digest = sb.hash_block_size, hashlib.new(sb.algorithm).digest_size
+        per = bs // (1 << (digest - 1).bit_length())
+        counts, n = [], sb.data_blocks
+        while True:  # hash blocks per level, bottom up
+            n = -(-n // per)
+            counts.append(n)
+            if n <= 1:
+                break
+        f.seek(hash_offset)
+        area = f.read((1 + sum(counts)) * bs)
+        starts, at = {}, 1  # levels are stored top down, after the superblock's block
+        for level in reversed(range(len(counts))):
+            starts[level] = at
+            at += counts[level]
+        slot_of = 1 << (digest - 1).bit_length()
+
+        def entry(level: int, i: int) -> bytes:
+            pos = starts[level] * bs + i * slot_of
+            return area[pos : pos + digest]
+
+        def h(block: bytes) -> bytes:
+            return hashlib.new(sb.algorithm, sb.salt + block).digest()
+
+        intact = top_hash(sb, area) == roothash
+        for level in range(1, len(counts)):
+            for i in range(counts[level - 1]):
+                pos = (starts[level - 1] + i) * bs
+                intact = intact and h(area[pos : pos + bs]) == entry(level, i)
+        bad: list[int] = []
+        f.seek(0)
+        for first in range(0, sb.data_blocks, 2048):
+            chunk = f.read(min(2048, sb.data_blocks - first) * bs)
+            for k in range(len(chunk) // bs):
+                if h(chunk[k * bs : (k + 1) * bs]) != entry(0, first + k):
+                    bad.append(first + k)
+                    if len(bad) >= limit:
+                        return intact, bad
+    return intact, bad

@@ -24,7 +24,7 @@ from installer_fixtures import (
 from elemental_common import osimage
 from elemental_common.errors import Die
 from elemental_common.run import run
-from elemental_register.installer import oem, source
+from elemental_register.installer import oem, slot, source
 from elemental_register.installer.build_disk import build_disk
 from elemental_register.installer.disk import GiB
 from elemental_register.installer.reset import reset
@@ -73,43 +73,15 @@ def head_digest(dev: str, size: int) -> str:
 
 
 def verity_check(dev: str, opts: dict[str, str], data_size: int) -> list[int]:
-    """The data blocks of `dev` whose hashes do not lead to the entry's `roothash=` through the
-    tree at its `hash-offset=` (dm-verity format 1: salted sha256, the top level stored first).
-    The host kernel here has no device-mapper, so the tree is walked in Python; the VM tests boot
-    through the kernel's dm-verity."""
+    """The data blocks of `dev` that dm-verity would refuse with the entry's `roothash=` and
+    `hash-offset=` (the host kernel here has no device-mapper; the VM tests boot through it)."""
     offset = int(opts["systemd.verity_root_options"].removeprefix("hash-offset="))
     with open(dev, "rb") as f:
         f.seek(offset)
-        area = f.read(1 << 24)
-        sb = osimage.parse_verity_superblock(area)
-        assert sb.data_size == data_size and osimage.top_hash(sb, area) == opts["roothash"]
-        bs, per = sb.hash_block_size, sb.hash_block_size // 32
-        counts, n = [], sb.data_blocks
-        while True:  # blocks per level, bottom up
-            n = -(-n // per)
-            counts.append(n)
-            if n <= 1:
-                break
-        starts = {}
-        at = 1  # in hash blocks, after the superblock's
-        for level in reversed(range(len(counts))):
-            starts[level] = at
-            at += counts[level]
-        f.seek(0)
-        data = f.read(data_size)
-
-    def stored(level: int, i: int) -> bytes:
-        pos = (starts[level] * bs) + i * 32
-        return area[pos : pos + 32]
-
-    bad = []
-    for i in range(sb.data_blocks):
-        if hashlib.sha256(sb.salt + data[i * bs : (i + 1) * bs]).digest() != stored(0, i):
-            bad.append(i)
-    for level in range(1, len(counts)):
-        for i in range(counts[level - 1]):
-            block = area[(starts[level - 1] + i) * bs : (starts[level - 1] + i + 1) * bs]
-            assert hashlib.sha256(sb.salt + block).digest() == stored(level, i)
+        sb = osimage.parse_verity_superblock(f.read(512))
+    assert sb.data_size == data_size
+    intact, bad = osimage.verify(dev, offset, opts["roothash"])
+    assert intact, "the hash tree does not lead to the root hash"
     return bad
 
 
@@ -174,6 +146,16 @@ def test_upgrade_and_reset_copy_verity_slots(tmp_path: Path, images: tuple[str, 
         assert head_digest(parts["COS_SYSTEM_B"], int(str(d2["size"]))) == d2["digest"]
         with mounted(parts["COS_OEM"], tmp_path / "oem") as o:
             st = oem.load_system_state(o)
+            # `elemental status --verify`: which slot is damaged, and where
+            assert slot.verify_slots(st) == {
+                n: {"intact": True, "bad_blocks": []} for n in ("a", "b", "recovery")
+            }
+            with open(parts["COS_SYSTEM_B"], "r+b") as f:
+                f.seek(5000)
+                byte = f.read(1)
+                f.seek(5000)
+                f.write(bytes([byte[0] ^ 1]))
+            assert slot.verify_slots(st)["b"] == {"intact": False, "bad_blocks": [5000 // 512]}
             assert st["recovery"]["roothash"] == d1["annotations"][osimage.ANN_ROOTHASH]  # type: ignore[index]
             with esp_dir(parts["COS_EFI"], tmp_path) as esp:
                 reset({"elemental": {"reset": {"reboot": False}}}, esp=esp, oem_dir=o, force=True)

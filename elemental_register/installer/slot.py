@@ -129,3 +129,24 @@ def check_uki(uki: Uki, verity: Verity) -> None:
 def read_manifest(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
     return data if isinstance(data, dict) else {}
+
+
+def verify_slots(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{slot: {intact, bad_blocks}} of every verity slot the system state records (a, b,
+    recovery), checked in user space against its root hash: which slot is damaged, and where."""
+    from elemental_register.installer import disk, system
+
+    layout = system.layout_from_state(st)
+    records = {**(st.get("slots") or {}), "recovery": st.get("recovery")}
+    out: dict[str, dict[str, Any]] = {}
+    for name, rec in records.items():
+        if not rec or not rec.get("roothash"):
+            continue
+        dev = disk.partition_device(layout.part(name).uuid)
+        try:
+            intact, bad = osimage.verify(dev, int(rec["hash_offset"]), str(rec["roothash"]))
+        except (OSError, ValueError) as e:
+            out[name] = {"intact": False, "error": str(e)}
+            continue
+        out[name] = {"intact": intact and not bad, "bad_blocks": bad}
+    return out
