@@ -164,3 +164,27 @@ def test_upgrade_and_reset_copy_verity_slots(tmp_path: Path, images: tuple[str, 
     oa = entry_options(raw, "elemental-a+3.conf")
     assert oa["roothash"] == d1["annotations"][osimage.ANN_ROOTHASH]  # type: ignore[index]
     assert "hash-offset=" in oa["systemd.verity_root_options"]
+
+
+def test_reset_reads_a_verity_recovery_through_its_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Booted from a verity recovery, reset mounts the root's device-mapper device (named `root`),
+    not the partition dm-verity holds; anywhere else, or for an older slot, the partition."""
+    from elemental_register.installer import reset as reset_mod
+    from elemental_register.installer import system
+
+    sys_block = tmp_path / "block"
+    for dm, name in (("dm-0", "other"), ("dm-1", "root")):
+        (sys_block / dm / "dm").mkdir(parents=True)
+        (sys_block / dm / "dm/name").write_text(name + "\n")
+    layout = system.layout_from_state(
+        {"partitions": dict.fromkeys(("esp", "oem", "recovery", "a", "b", "persistent"), "u")}
+    )
+    layout.part("recovery").device = "/dev/vda3"
+    monkeypatch.setattr(system, "boot_mode", lambda: "recovery")
+    verity = {"roothash": "ab" * 32}
+    assert reset_mod._recovery_tree_device(layout, verity, sys_block) == "/dev/dm-1"
+    assert reset_mod._recovery_tree_device(layout, {}, sys_block) == "/dev/vda3"
+    monkeypatch.setattr(system, "boot_mode", lambda: "system")
+    assert reset_mod._recovery_tree_device(layout, verity, sys_block) == "/dev/vda3"

@@ -21,7 +21,8 @@ from elemental_register.installer.image import (
 from elemental_register.installer.progress import Progress, no_progress
 from elemental_register.installer.slot import Verity
 
-MAPPED_ROOT = "/dev/mapper/root"  # systemd-veritysetup-generator's device for roothash=
+MAPPED_ROOT_NAME = "root"  # systemd-veritysetup-generator's device-mapper name for roothash=
+SYS_BLOCK = Path("/sys/block")
 
 
 def reset(
@@ -88,11 +89,19 @@ def reset(
     system.power(rs, default_reboot=True)
 
 
-def _recovery_tree_device(layout: disk.Layout, rec: dict[str, Any]) -> str:
+def _recovery_tree_device(layout: disk.Layout, rec: dict[str, Any], sys_block: Path = SYS_BLOCK) -> str:
     """What to mount to read recovery's tree. Booted from a verity recovery, dm-verity holds the
-    partition (a second mount of it is refused): its verified /dev/mapper/root is the same tree."""
-    if rec.get("roothash") and system.boot_mode() == "recovery" and os.path.exists(MAPPED_ROOT):
-        return MAPPED_ROOT
+    partition (a second mount of it is refused): its verified device, the root's own, is the same
+    tree. Found by its device-mapper name, `root` (systemd-veritysetup-generator's): the OS image
+    has no device-mapper udev rules, so /dev/mapper/root does not survive into the booted system."""
+    if rec.get("roothash") and system.boot_mode() == "recovery":
+        for dm in sorted(sys_block.glob("dm-*")):
+            try:
+                name = (dm / "dm/name").read_text().strip()
+            except OSError:
+                continue
+            if name == MAPPED_ROOT_NAME:
+                return f"/dev/{dm.name}"
     return str(layout.part("recovery").device)
 
 
