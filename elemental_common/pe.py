@@ -55,6 +55,21 @@ class Uki:
         self.uname = secs.get(".uname", b"").rstrip(b"\0").decode().strip()
 
 
+def uki_from_parts(linux: bytes, initrd: bytes, cmdline: str, osrel: dict[str, str], path: Path) -> Uki:
+    """A Uki from sections kept apart (a slot's kernel and initrd on the ESP, its recorded command
+    line): what reset needs to write slot A's entry from recovery."""
+    uki = Uki.__new__(Uki)
+    uki.path, uki.linux, uki.initrd, uki.cmdline, uki.osrel, uki.uname = (
+        path,
+        linux,
+        initrd,
+        cmdline,
+        osrel,
+        "",
+    )
+    return uki
+
+
 def parse_os_release(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -67,4 +82,3 @@ def parse_os_release(text: str) -> dict[str, str]:
             v = v[1:-1]
         out[k.strip()] = v
     return out
-

@@ -16,6 +16,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,20 @@ class Registry:
                     return self.manifest(m["digest"])
             die(f"{self.base}:{reference} has no linux/amd64 image")
         return body, media
+
+    def copy_blob(self, digest: str, write: Callable[[bytes], object], chunk: int = 1 << 20) -> int:
+        """Stream blob `digest` into `write` (a slot partition: no copy on disk first), checking
+        the digest once it has all gone through; returns its size."""
+        h = hashlib.sha256()
+        n = 0
+        with self._open(f"/blobs/{digest}") as resp:
+            for buf in iter(lambda: resp.read(chunk), b""):
+                h.update(buf)
+                write(buf)
+                n += len(buf)
+        if f"sha256:{h.hexdigest()}" != digest:
+            die(f"blob {digest} from {self.base} does not match its digest", "the registry's copy is damaged")
+        return n
 
     def blob(self, digest: str, dest: Path) -> None:
         if dest.is_file():

@@ -17,6 +17,7 @@ from pathlib import Path
 from elemental_common import consts
 from elemental_common.errors import die, entry_point
 from elemental_common.run import run, spawn
+from imagebuild import keys, osimage
 
 REPO = Path(__file__).resolve().parent.parent
 # make target -> mkosi profile
@@ -26,6 +27,8 @@ OUTPUTS = {
     "os": ("os/index.json", "os.raw"),
     "operator": ("operator/index.json",),
 }
+# Images whose systemd-boot and UKIs are signed for Secure Boot.
+SIGNED = ("os", "seed")
 # Besides the profile's own definition and overlay, these go into every image's input digest.
 COMMON_INPUTS = ("mkosi.conf", "mkosi.pkgmngr", "imagebuild", "scripts/mkosi-install-wheel",
                  "scripts/mkosi-oci-postoutput")
@@ -42,11 +45,16 @@ class Settings:
     mkosi_args: tuple[str, ...]
     force: bool
     python: Path
+    sb_key: Path  # Secure Boot signing key and certificate (PEM); ELEMENTAL_SB_KEY / _CERT
+    sb_cert: Path
+    sb_own: bool  # the user gave them (else the project's own, made on first use)
 
     @classmethod
     def from_env(cls, repo: Path = REPO) -> Settings:
         env = os.environ
         out = Path(env.get("OUT") or repo / "out")
+        state = Path(env.get("ELEMENTAL_STATE") or consts.DEFAULT_STATE_DIR)
+        key, cert = keys.default_paths(state)
         return cls(
             repo=repo,
             out=out if out.is_absolute() else repo / out,
@@ -57,6 +65,9 @@ class Settings:
             mkosi_args=tuple((env.get("MKOSI_ARGS") or "").split()),
             force=bool(env.get("FORCE")),
             python=Path(env.get("PY") or repo / ".venv/bin/python"),
+            sb_key=Path(env.get("ELEMENTAL_SB_KEY") or key),
+            sb_cert=Path(env.get("ELEMENTAL_SB_CERT") or cert),
+            sb_own=bool(env.get("ELEMENTAL_SB_KEY") or env.get("ELEMENTAL_SB_CERT")),
         )
 
 
@@ -150,6 +161,8 @@ def inputs_digest(s: Settings, profile: str, mkosi_version: str, record: str) ->
         f"{mkosi_version} OS_VERSION={s.os_version} OS_RAW={s.os_raw} OS_RAW_SIZE={s.os_raw_size}",
         record,
     ]
+    if profile in SIGNED and s.sb_cert.is_file():
+        lines.append(f"secure-boot certificate {keys.fingerprint(s.sb_cert)}")
     for f in definition_files(s.repo, profile):
         data = os.readlink(f).encode() if f.is_symlink() else f.read_bytes()
         lines.append(f"{hashlib.sha256(data).hexdigest()}  {f.relative_to(s.repo)}")
@@ -186,6 +199,7 @@ def may_install_packages(profile_cache: Path, definitions: Sequence[Path], mkosi
 
 def mkosi_build(s: Settings, profile: str, *extra: str) -> None:
     log = s.repo / "build" / f"mkosi-{profile}.log"
+    signing = keys.mkosi_args(s.sb_key, s.sb_cert) if profile in SIGNED else []
     argv = [
         "mkosi",
         f"--profile={profile}",
@@ -193,6 +207,7 @@ def mkosi_build(s: Settings, profile: str, *extra: str) -> None:
         f"--package-cache-dir={s.cache / 'packages'}",
         f"--output-dir={s.out}",
         f"--image-version={s.os_version}",
+        *signing,
         *s.mkosi_args,
         "-f",
         *extra,
@@ -224,11 +239,7 @@ def build_os_raw(s: Settings) -> None:
     raw = s.out / "os.raw"
     raw.unlink(missing_ok=True)
     if s.os_raw == "mkosi":
-        # another name: mkosi symlinks $Output -> $Output.raw, which would replace $OUT/os
-        mkosi_build(s, "os", "--format=disk", "--output=os-disk")
-        (s.out / "os-disk.raw").rename(raw)
-        for p in s.out.glob("os-disk*"):
-            p.unlink()
+        (s.out / "os-disk.raw").rename(raw)  # mkosi's own disk (ESP + root + verity, no A/B)
         return
     log = s.repo / "build" / "build-disk.log"
     say("os", f"elemental build-disk -> {raw} ({s.os_raw_size}; log: {log.relative_to(s.repo)})")
@@ -244,6 +255,28 @@ def build_os_raw(s: Settings) -> None:
         die("elemental build-disk failed", f"see {log}; OS_RAW=mkosi builds a plain mkosi disk")
 
 
+def pack_os(s: Settings) -> None:
+    """$OUT/os: the OCI image of the slot (erofs + dm-verity), its UKI and systemd-boot, from the
+    split artifacts of mkosi's disk build (profiles/os/repart)."""
+    d = s.out
+    say("os", f"OCI image of the verity slot -> {d / 'os'}")
+    shutil.rmtree(d / "os", ignore_errors=True)
+    sd_boot = osimage.systemd_boot_from_esp(d / "os-disk.esp.raw", d / "os-disk.systemd-boot.efi")
+    digest = osimage.pack(
+        d / "os",
+        s.os_version,
+        slot=d / "os-disk.slot.raw",
+        verity=d / "os-disk.verity.raw",
+        uki=d / "os-disk.efi",
+        sd_boot=sd_boot,
+        labels={
+            "org.opencontainers.image.title": "elemental-os",
+            "org.opencontainers.image.version": s.os_version,
+        },
+    )
+    say("os", f"os:{s.os_version} {digest}")
+
+
 def build(target: str, s: Settings) -> None:
     profile = PROFILES.get(target)
     if profile is None:
@@ -251,6 +284,8 @@ def build(target: str, s: Settings) -> None:
     for d in (s.cache / "packages", s.cache / "mkosi" / profile, s.out, s.repo / "build"):
         d.mkdir(parents=True, exist_ok=True)
 
+    if profile in SIGNED:
+        keys.ensure(s.sb_key, s.sb_cert, create=not s.sb_own)
     record = refresh_wheel(s, profile)
     mkosi_version = run(["mkosi", "--version"]).stdout.strip()
     digest, covered = inputs_digest(s, profile, mkosi_version, record)
@@ -265,11 +300,12 @@ def build(target: str, s: Settings) -> None:
     definitions = definition_files(s.repo, profile)
     with _package_lock(s, profile, definitions):
         if profile == "os":
-            mkosi_build(s, "os", "--format=oci", "--output=os")
+            # another name: mkosi symlinks $Output -> $Output.raw, which would replace $OUT/os
+            mkosi_build(s, "os", "--output=os-disk")
+            pack_os(s)
             build_os_raw(s)
-            # mkosi also leaves the UKI and its parts next to the output; the OS keeps its UKI inside.
-            for name in ("os.efi", "os.vmlinuz", "os.initrd"):
-                (s.out / name).unlink(missing_ok=True)
+            for p in s.out.glob("os-disk*"):
+                p.unlink()
         else:
             mkosi_build(s, profile)
     stamp.parent.mkdir(parents=True, exist_ok=True)

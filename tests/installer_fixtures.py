@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from elemental_common import osimage, pe
 from elemental_common.run import run
 from elemental_register.installer import disk, upgrade
 
 SD_BOOT = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
-
 
 
 def build_pe(sections_: dict[str, bytes]) -> bytes:
@@ -45,6 +45,7 @@ def build_pe(sections_: dict[str, bytes]) -> bytes:
     opt = struct.pack("<H", 0x20B) + b"\0" * (0xF0 - 2)
     head = dos + coff + opt + table
     return head + b"\0" * (ptr - len(head)) + body
+
 
 def make_rootfs(root: Path, version: str = "1.0.0", payload_mib: int = 0) -> Path:
     """A directory shaped like the OS image contract: UKI, systemd-boot, os-release, /var."""
@@ -186,12 +187,169 @@ def put_blob(layout: Path, data: bytes) -> dict[str, Any]:
     return {"digest": digest, "size": len(data)}
 
 
+# ---------------------------------------------------------------- images of prebuilt verity slots
+
+# The os profile's slot definitions (profiles/os/repart), without the ESP: systemd-repart builds
+# the erofs and its dm-verity hash tree here as it does in the image build.
+REPART_SLOT = {
+    "10-root.conf": "[Partition]\nType=root\nFormat=erofs\nCopyFiles=/\nExcludeFiles=/boot/\n"
+    "Verity=data\nVerityMatchKey=root\nMinimize=best\nSplitName=slot\n",
+    "11-root-verity.conf": "[Partition]\nType=root-verity\nVerity=hash\nVerityMatchKey=root\n"
+    "Minimize=best\nSplitName=verity\n",
+}
+
+
+def make_slot(tree: Path, work: Path, compression: str = "lz4") -> tuple[Path, Path, str]:
+    """(erofs, hash tree, root hash) of `tree`, by systemd-repart (offline, as in the image build)."""
+    work.mkdir(parents=True, exist_ok=True)
+    defs = work / "repart.d"
+    defs.mkdir(exist_ok=True)
+    for name, text in REPART_SLOT.items():
+        (defs / name).write_text(text)
+    img = work / "img.raw"
+    img.unlink(missing_ok=True)
+    run(
+        [
+            "systemd-repart",
+            "--empty=create",
+            "--size=auto",
+            "--dry-run=no",
+            "--offline=yes",
+            "--no-pager",
+            "--json=off",
+            f"--definitions={defs}",
+            f"--root={tree}",
+            "--split=yes",
+            str(img),
+        ],
+        env={**os.environ, "SYSTEMD_REPART_MKFS_OPTIONS_EROFS": f"-z{compression}" if compression else ""},
+    )
+    img.unlink()
+    slot, verity = work / "img.slot.raw", work / "img.verity.raw"
+    head = verity.read_bytes()[: 1 << 20]
+    return slot, verity, osimage.top_hash(osimage.parse_verity_superblock(head), head)
+
+
+def patch_pe_section(data: bytearray, name: str, payload: bytes) -> None:
+    """Replace section `name`'s contents in place (it must fit its raw size): a UKI's .cmdline
+    or .osrel for a derived test image, without rebuilding the UKI."""
+    pe = struct.unpack_from("<I", data, 0x3C)[0]
+    (count,) = struct.unpack_from("<H", data, pe + 6)
+    (opt,) = struct.unpack_from("<H", data, pe + 20)
+    for i in range(count):
+        at = pe + 24 + opt + 40 * i
+        raw_name, _vsize, _va, rawsize, rawptr = struct.unpack_from("<8sIIII", data, at)
+        if raw_name.rstrip(b"\0").decode() == name:
+            assert len(payload) <= rawsize, f"{name}: {len(payload)} bytes do not fit {rawsize}"
+            data[rawptr : rawptr + rawsize] = payload + b"\0" * (rawsize - len(payload))
+            struct.pack_into("<I", data, at + 8, len(payload))
+            return
+    raise KeyError(name)
+
+
+def _packer() -> Any:
+    """imagebuild's packer (the repository root is not on sys.path under plain `pytest`)."""
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    from imagebuild import osimage as packer
+
+    return packer
+
+
+def make_slot_oci(layout: Path, tag: str, rootfs: Path, work: Path) -> str:
+    """`rootfs` (make_rootfs) as an image of a prebuilt verity slot, `layout:tag`, with a synthetic
+    UKI that carries the slot's root hash; returns "oci:<layout>:<tag>"."""
+    slot, verity, roothash = make_slot(rootfs, work / f"slot-{tag}")
+    uki = work / f"slot-{tag}" / "uki.efi"
+    version = tag.encode()
+    uki.write_bytes(
+        build_pe(
+            {
+                ".osrel": (rootfs / "usr/lib/os-release").read_bytes(),
+                ".cmdline": f"roothash={roothash} console=ttyS0,115200 quiet".encode(),
+                ".uname": b"6.12.0-test",
+                ".linux": b"KERNEL-" + version * 100,
+                ".initrd": b"INITRD-" + version * 100,
+            }
+        )
+    )
+    sd_boot = rootfs / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+    _packer().pack(layout, tag, slot=slot, verity=verity, uki=uki, sd_boot=sd_boot, labels={})
+    shutil.rmtree(work / f"slot-{tag}")
+    return f"oci:{layout}:{tag}"
+
+
+def _manifest_of(layout: Path) -> dict[str, Any]:
+    index = json.loads((layout / "index.json").read_text())
+    data: dict[str, Any] = json.loads(blob_path(layout, index["manifests"][0]["digest"]).read_text())
+    return data
+
+
+def _with_version(os_release: bytes, version: str) -> bytes:
+    lines = [ln for ln in os_release.decode().splitlines() if not ln.startswith("IMAGE_VERSION=")]
+    return ("\n".join([*lines, f'IMAGE_VERSION="{version}"']) + "\n").encode()
+
+
+def derive_slot_version(
+    base: Path, dest: Path, version: str, files: dict[str, tuple[bytes, int]] | None = None
+) -> str:
+    """`derive_os_version` for an image of prebuilt slots: its tree (the base slot mounted) with
+    the new os-release and `files`, as a new verity slot (lz4: quicker than the build's lz4hc),
+    and the base UKI with that slot's root hash and os-release. A minute, no mkosi."""
+    man = _manifest_of(base)
+    by = {la["mediaType"]: la for la in man["layers"]}
+    work = dest.parent / f".{dest.name}.work"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    tree = work / "tree"
+    tree.mkdir(parents=True)
+    with mounted(
+        str(blob_path(base, by[osimage.MEDIA_SLOT]["digest"])), work / "mnt", "-o", "ro,loop", "-t", "erofs"
+    ):
+        run(["cp", "-a", f"{work / 'mnt'}/.", str(tree)])
+    osrel = tree / "usr/lib/os-release"
+    osrel.write_bytes(_with_version(osrel.read_bytes(), version))
+    for path, (content, mode) in (files or {}).items():
+        target = tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        target.chmod(mode)
+    slot, verity, roothash = make_slot(tree, work / "slot")
+    shutil.rmtree(tree)
+    uki = bytearray(blob_path(base, by[osimage.MEDIA_UKI]["digest"]).read_bytes())
+    secs = pe.sections(bytes(uki))
+    cmdline = " ".join(
+        f"roothash={roothash}" if t.startswith("roothash=") else t
+        for t in secs[".cmdline"].rstrip(b"\0").decode().split()
+    )
+    patch_pe_section(uki, ".cmdline", cmdline.encode())
+    patch_pe_section(uki, ".osrel", _with_version(secs[".osrel"].rstrip(b"\0"), version))
+    (work / "uki.efi").write_bytes(uki)
+    _packer().pack(
+        dest,
+        version,
+        slot=slot,
+        verity=verity,
+        uki=work / "uki.efi",
+        sd_boot=blob_path(base, by[osimage.MEDIA_SYSTEMD_BOOT]["digest"]),
+        labels={"org.opencontainers.image.version": version},
+    )
+    shutil.rmtree(work)
+    return version
+
+
 def derive_os_version(
     base: Path, dest: Path, version: str, files: dict[str, tuple[bytes, int]] | None = None
 ) -> str:
     """``dest`` = the OS image of the layout ``base`` plus one layer: /usr/lib/os-release with
     IMAGE_VERSION=version and `files` ({path: (content, mode)}); tagged `version`. Seconds, no
-    rebuild: the big base layer is hard-linked. Returns the tag."""
+    rebuild: the big base layer is hard-linked. Returns the tag. An image of prebuilt verity
+    slots gets a new slot instead (`derive_slot_version`)."""
+    if any(la.get("mediaType") == osimage.MEDIA_SLOT for la in _manifest_of(base).get("layers", [])):
+        return derive_slot_version(base, dest, version, files)
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "blobs" / "sha256").mkdir(parents=True)
     index = json.loads((base / "index.json").read_text())

@@ -53,6 +53,11 @@ from children import die_with_parent
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Debian's Secure Boot build (SMM: the variable store is only writable from SMM, so a guest cannot
+# switch Secure Boot off behind the firmware's back); no keys in its template vars.
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+# Owner GUID of our enrolled certificates (any fixed GUID; it names who added the entry).
+SB_OWNER = "5ec0b007-e1e3-4e7a-8d5c-000000000014"
 QEMU = "qemu-system-x86_64"
 # The guest kernel's RCU stall report (see Machine._recover_stall).
 RCU_STALL = re.compile(rb"rcu: INFO: rcu_\w+ detected stalls")
@@ -139,6 +144,32 @@ def accel_args(kind: str) -> list[str]:
     return ["-accel", "kvm", "-cpu", "host"] if kind == "kvm" else ["-accel", "tcg", "-cpu", "max"]
 
 
+def enroll_keys(cert: Path, dest: Path) -> None:
+    """A variable store with `cert` as PK, KEK and db and Secure Boot switched on (user mode)."""
+    from elemental_common.run import run
+
+    run(
+        [
+            "virt-fw-vars",
+            "--input",
+            str(OVMF_VARS),
+            "--output",
+            str(dest),
+            "--set-pk",
+            SB_OWNER,
+            str(cert),
+            "--add-kek",
+            SB_OWNER,
+            str(cert),
+            "--add-db",
+            SB_OWNER,
+            str(cert),
+            "--sb",
+        ],
+        hint="virt-fw-vars comes with python3-virt-firmware",
+    )
+
+
 @dataclass
 class _Drive:
     args: list[str]
@@ -157,13 +188,19 @@ class Machine:
     # Extra -netdev user options, e.g. "hostfwd=tcp::2222-:22".
     netdev_options: str = ""
     extra_args: Sequence[str] = ()
+    # Secure Boot on, with this PEM certificate enrolled as PK, KEK and db (virt-fw-vars, into the
+    # machine's own copy of the variable store); None: the plain firmware, no Secure Boot.
+    secure_boot: Path | None = None
 
     def __post_init__(self) -> None:
         self.dir = (Path(self.results_dir) / self.name).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.vars = self.dir / "OVMF_VARS.fd"
         if not self.vars.exists():
-            shutil.copyfile(OVMF_VARS, self.vars)
+            if self.secure_boot is not None:
+                enroll_keys(self.secure_boot, self.vars)
+            else:
+                shutil.copyfile(OVMF_VARS, self.vars)
         # swtpm state and sockets get short absolute paths (unix sockets are limited to 108 bytes).
         self._rundir = Path(tempfile.mkdtemp(prefix=f"vm-{self.name[:20]}-"))
         self.tpm_state = self.dir / "tpm"
@@ -338,7 +375,8 @@ class Machine:
             "-name",
             self.name,
             "-machine",
-            "q35,smm=off",
+            "q35,smm=on" if self.secure_boot is not None else "q35,smm=off",
+            *(["-global", "driver=cfi.pflash01,property=secure,value=on"] if self.secure_boot else []),
             *accel_args(kind),
             "-m",
             str(self.memory_mb),
@@ -351,7 +389,7 @@ class Machine:
             "-vga",
             "none",
             "-drive",
-            f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            f"if=pflash,format=raw,readonly=on,file={OVMF_CODE_SECBOOT if self.secure_boot else OVMF_CODE}",
             "-drive",
             f"if=pflash,format=raw,file={self.vars}",
             "-chardev",

@@ -21,6 +21,7 @@ from elemental_common.errors import die
 from elemental_common.pe import Uki
 from elemental_register.installer import disk, durable
 from elemental_register.installer.image import SystemImage
+from elemental_register.installer.slot import Verity
 
 ENTRY_RE = re.compile(r"^(?P<id>.+?)(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf$")
 TRIES = 3
@@ -30,7 +31,7 @@ RECOVERY_ID = RECOVERY_ENTRY_ID
 # Tokens of the UKI's own command line that the installer decides per slot.
 _OWN = re.compile(
     r"^(root|rootfstype|rootflags|roothash|usrhash|mount\.usr|mount\.usrfstype|"
-    r"systemd\.volatile|elemental\.[a-z]+)=|^(ro|rw)$"
+    r"systemd\.volatile|systemd\.verity_root_[a-z]+|elemental\.[a-z]+)=|^(ro|rw)$"
 )
 
 # A boot that ends in the emergency target reboots instead of waiting at a locked console, so a
@@ -74,13 +75,35 @@ def slot_entry_id(slot: str) -> str:
     return f"elemental-{slot}"
 
 
+def verity_options(root_partuuid: str, verity: Verity) -> list[str]:
+    """systemd-veritysetup-generator's settings for a slot whose hash area follows its erofs on
+    the same partition: the initrd opens /dev/mapper/root through dm-verity with the UKI's root
+    hash, so every block read from the slot is checked against it."""
+    dev = f"/dev/disk/by-partuuid/{root_partuuid.lower()}"
+    return [
+        "root=/dev/mapper/root",
+        f"roothash={verity.roothash}",
+        f"systemd.verity_root_data={dev}",
+        f"systemd.verity_root_hash={dev}",
+        f"systemd.verity_root_options=hash-offset={verity.hash_offset}",
+    ]
+
+
 def kernel_options(
-    uki: Uki, root_partuuid: str, slot: str, mounts: dict[str, str], *, mode: str = "system", extra: str = ""
+    uki: Uki,
+    root_partuuid: str,
+    slot: str,
+    mounts: dict[str, str],
+    *,
+    mode: str = "system",
+    extra: str = "",
+    verity: Verity | None = None,
 ) -> str:
     """Command line for a slot: the UKI's own minus what we set, plus root, mounts and mode."""
     keep = [t for t in shlex.split(uki.cmdline) if not _OWN.match(t)]
+    root = verity_options(root_partuuid, verity) if verity else [f"root=PARTUUID={root_partuuid}"]
     opts = [
-        f"root=PARTUUID={root_partuuid}",
+        *root,
         "rootfstype=erofs",
         "ro",
         # the image is read-only; an overlay with a tmpfs upper makes / writable (state that
@@ -176,7 +199,12 @@ def slot_entry(esp: Path, layout: disk.Layout, image: SystemImage, slot: str, ge
     """The counted entry of `slot` (its kernel, initrd and command line); the slot is written first."""
     kdir = write_kernel(esp, slot, image.uki)
     opts = kernel_options(
-        image.uki, layout.part(slot).uuid, slot, mounts_for(layout), extra=machine_id(layout)
+        image.uki,
+        layout.part(slot).uuid,
+        slot,
+        mounts_for(layout),
+        extra=machine_id(layout),
+        verity=image.verity,
     )
     title = f"{image.os_release.get('PRETTY_NAME', 'Elemental OS')} {image.version} (slot {slot.upper()})"
     write_entry(esp, slot_entry_id(slot), entry_text(title, str(generation), "elemental", kdir, opts), TRIES)
@@ -191,6 +219,7 @@ def recovery_entry(esp: Path, layout: disk.Layout, image: SystemImage) -> None:
         mounts_for(layout, recovery=True),
         mode="recovery",
         extra=machine_id(layout),
+        verity=image.verity,
     )
     write_entry(
         esp,

@@ -84,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="optional registration Config to embed in COS_OEM")
 
     sub.add_parser("setup", help="boot-time: copy OEM files into place, apply cloud-config")
-    sub.add_parser("status", help="print slots and the last upgrade's outcome")
+    p = sub.add_parser("status", help="print slots and the last upgrade's outcome")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check every verity slot against its root hash, as dm-verity would (reads them)",
+    )
     sub.add_parser("bless", help="mark the booted counted entry good (when systemd-bless-boot is absent)")
 
     args = ap.parse_args(toolkit.bool_flags_argv(sys.argv[1:] if argv is None else argv))
@@ -226,20 +231,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.cmd == "status":
         import json
 
-        from elemental_register.installer import oem
+        from elemental_register.installer import oem, slot
 
         st = oem.load_system_state(Path("/oem"))
         out = upgrade.upgrade_outcome(st, system.booted_slot(), system.boot_id())
-        print(
-            json.dumps(
-                {
-                    "booted": system.booted_slot(),
-                    "slots": st.get("slots"),
-                    "upgrade": out and {"outcome": out[0], "message": out[1]},
-                },
-                indent=2,
-            )
-        )
+        report: dict[str, object] = {
+            "booted": system.booted_slot(),
+            "slots": st.get("slots"),
+            "upgrade": out and {"outcome": out[0], "message": out[1]},
+        }
+        if args.verify:
+            report["verity"] = slot.verify_slots(st)
+        print(json.dumps(report, indent=2))
     return 0
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from elemental_common.errors import die
 from elemental_common.pe import Uki
 from elemental_common.run import run
-from elemental_register.installer import disk, durable, source
+from elemental_register.installer import disk, durable, slot, source
+from elemental_register.installer.slot import SlotLayer, Verity
 
 EROFS_MAGIC = 0xE0F5E1E2
 EROFS_SUPERBLOCK_OFFSET = 1024
@@ -18,9 +21,10 @@ EROFS_SUPERBLOCK_OFFSET = 1024
 
 @dataclass
 class SystemImage:
-    """An OS tree turned into what a slot needs: erofs file, kernel/initrd, boot loader."""
+    """What a slot needs: its erofs (prebuilt with dm-verity, or built from an unpacked OS tree
+    of an older tar image), kernel/initrd, boot loader."""
 
-    rootfs: Path
+    rootfs: Path | None  # the unpacked tree (tar images); None for a prebuilt slot
     erofs: Path | None  # where the built file system is (a slot device) once written
     size: int
     uki: Uki
@@ -28,6 +32,8 @@ class SystemImage:
     os_release: dict[str, str]
     source: str
     compression: str = "none"
+    slot: SlotLayer | None = None  # the prebuilt slot blob (an image of elemental_common.osimage)
+    verity: Verity | None = None  # how the slot's entry opens it through dm-verity
 
     @property
     def version(self) -> str:
@@ -45,8 +51,25 @@ def find_uki(rootfs: Path) -> Path:
 
 
 def prepare_image(src: source.Source, work: Path, compression: str = "none") -> SystemImage:
-    """Unpack the OS; the erofs is built later straight onto the slot (`build_slot`), so the
-    image's bytes are written once. `size` is an upper bound until then."""
+    """An image of prebuilt slots: its UKI and systemd-boot (the slot is streamed onto the
+    partition later, `build_slot`). An older tar image: unpack the OS; the erofs is built later
+    straight onto the slot, so the image's bytes are written once; `size` is an upper bound."""
+    found = source.slot_image(src, work)
+    if found is not None:
+        layer, uki_path, sdb_path = found
+        uki = Uki(uki_path)
+        slot.check_uki(uki, layer.verity)
+        return SystemImage(
+            None,
+            None,
+            layer.size,
+            uki,
+            sdb_path.read_bytes(),
+            uki.osrel,
+            str(src),
+            slot=layer,
+            verity=layer.verity,
+        )
     rootfs = source.unpack(src, work)
     uki = Uki(find_uki(rootfs))
     sdb = rootfs / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
@@ -80,11 +103,17 @@ def estimate_erofs(rootfs: Path) -> int:
     return total + 4 * 1024 * 1024
 
 
-def build_slot(image: SystemImage, dev: str) -> int:
-    """mkfs.erofs of the unpacked OS directly onto `dev`; returns the file system's size.
+def build_slot(image: SystemImage, dev: str, also: str | None = None) -> int:
+    """The slot onto `dev` (and `also`): the prebuilt slot's block copy, else mkfs.erofs of the
+    unpacked OS; returns the slot's size.
 
     `dev` is fsynced before this returns: the boot entry that points at the slot is written
     next, and a power cut must never leave an entry pointing at a half-written slot."""
+    if image.slot is not None:
+        image.slot.write(dev, also)
+        image.size, image.erofs = image.slot.size, Path(dev)
+        return image.size
+    assert image.rootfs is not None and also is None
     cmd = ["mkfs.erofs", "-T0", "--quiet"]  # no -L: erofs-utils 1.5 lacks it; slots go by PARTUUID
     if image.compression and image.compression != "none":
         cmd.append(f"-z{image.compression}")
@@ -129,6 +158,22 @@ def erofs_size(dev: str) -> int:
     blkszbits = sb[12]
     (blocks,) = struct.unpack_from("<I", sb, 36)
     return int(blocks) << blkszbits
+
+
+@contextlib.contextmanager
+def os_tree(image: SystemImage, work: Path) -> Iterator[Path]:
+    """The OS tree of `image`: the unpacked one, or its written slot mounted read-only."""
+    if image.rootfs is not None:
+        yield image.rootfs
+        return
+    assert image.erofs is not None, "the slot is written first"
+    mnt = work / "slot"
+    mnt.mkdir(exist_ok=True)
+    run(["mount", "-o", "ro", "-t", "erofs", str(image.erofs), str(mnt)])
+    try:
+        yield mnt
+    finally:
+        run(["umount", str(mnt)], check=False)
 
 
 def format_persistent(layout: disk.Layout, var: Path) -> None:

@@ -14,6 +14,7 @@ from elemental_register.installer.image import (
     build_slot,
     copy_blocks,
     format_persistent,
+    os_tree,
     prepare_image,
 )
 from elemental_register.installer.progress import Progress, no_progress
@@ -86,7 +87,10 @@ def deploy(
         if layout.part(role).size and image.size > layout.part(role).size:
             die(f"the OS image ({image.size >> 20} MiB) does not fit the {role} partition")
     progress("writing system slot A and recovery", 50)
-    if mounts.on_tmpfs(tmp):
+    if image.slot is not None:
+        # a prebuilt slot: one read of the blob feeds both partitions
+        build_slot(image, layout.part("a").device, also=layout.part("recovery").device)
+    elif mounts.on_tmpfs(tmp):
         # build in RAM, then one read feeds both partitions: the disk sees only the two writes
         f = tmp / "system.erofs"
         build_slot(image, str(f))
@@ -98,7 +102,8 @@ def deploy(
         copy_blocks(layout.part("a").device, layout.part("recovery").device, size)
     run(["wipefs", "--all", "--quiet", layout.part("b").device], check=False)
     progress("formatting persistent", 75)
-    format_persistent(layout, image.rootfs / "var")
+    with os_tree(image, tmp) as tree:
+        format_persistent(layout, tree / "var")
     progress("writing OEM configuration", 82)
     staging = tmp / "oem"
     staging.mkdir(mode=0o755)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from elemental_common.errors import die
-from elemental_common.pe import Uki
+from elemental_common.pe import Uki, uki_from_parts
 from elemental_common.run import run
 from elemental_register.installer import boot, disk, oem, source, system
 from elemental_register.installer.image import (
@@ -19,6 +19,10 @@ from elemental_register.installer.image import (
     format_persistent,
 )
 from elemental_register.installer.progress import Progress, no_progress
+from elemental_register.installer.slot import Verity
+
+MAPPED_ROOT_NAME = "root"  # systemd-veritysetup-generator's device-mapper name for roothash=
+SYS_BLOCK = Path("/sys/block")
 
 
 def reset(
@@ -46,17 +50,17 @@ def reset(
         tmpd = Path(tmp)
         rec_mnt = tmpd / "recovery"
         rec_mnt.mkdir()
-        run(["mount", "-o", "ro", "-t", "erofs", layout.part("recovery").device, str(rec_mnt)])
+        run(["mount", "-o", "ro", "-t", "erofs", _recovery_tree_device(layout, rec), str(rec_mnt)])
         try:
-            uki = Uki(find_uki(rec_mnt))
             image = SystemImage(
                 rec_mnt,
                 Path(layout.part("recovery").device),
                 int(rec.get("size") or 0),
-                uki,
+                _recovery_uki(esp, rec, rec_mnt),
                 b"",
                 source.os_release(rec_mnt),
                 str(rec.get("source", "recovery")),
+                verity=Verity(rec["roothash"], int(rec["hash_offset"])) if rec.get("roothash") else None,
             )
             if rs.get("reset-persistent", True):
                 progress("formatting persistent", 10)
@@ -83,6 +87,36 @@ def reset(
     run(["sync"], check=False)
     progress("reset", 100)
     system.power(rs, default_reboot=True)
+
+
+def _recovery_tree_device(layout: disk.Layout, rec: dict[str, Any], sys_block: Path = SYS_BLOCK) -> str:
+    """What to mount to read recovery's tree. Booted from a verity recovery, dm-verity holds the
+    partition (a second mount of it is refused): its verified device, the root's own, is the same
+    tree. Found by its device-mapper name, `root` (systemd-veritysetup-generator's): the OS image
+    has no device-mapper udev rules, so /dev/mapper/root does not survive into the booted system."""
+    if rec.get("roothash") and system.boot_mode() == "recovery":
+        for dm in sorted(sys_block.glob("dm-*")):
+            try:
+                name = (dm / "dm/name").read_text().strip()
+            except OSError:
+                continue
+            if name == MAPPED_ROOT_NAME:
+                return f"/dev/{dm.name}"
+    return str(layout.part("recovery").device)
+
+
+def _recovery_uki(esp: Path, rec: dict[str, Any], rec_mnt: Path) -> Uki:
+    """The kernel for slot A: a verity slot's UKI ships beside its erofs (it carries the erofs's
+    root hash), so its kernel and initrd come from the recovery entry's copies on the ESP and its
+    command line from the recovery record; an older slot has its UKI inside."""
+    if not rec.get("roothash"):
+        return Uki(find_uki(rec_mnt))
+    kdir = esp / "EFI/elemental/recovery"
+    try:
+        linux, initrd = (kdir / "linux").read_bytes(), (kdir / "initrd").read_bytes()
+    except OSError as e:
+        die(f"cannot read the recovery kernel: {e}", "the ESP is damaged; reinstall from the seed")
+    return uki_from_parts(linux, initrd, str(rec.get("cmdline", "")), source.os_release(rec_mnt), kdir)
 
 
 def _reformat_oem(layout: disk.Layout, oem_dir: Path) -> None:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from elemental_common import osimage
 from elemental_common.errors import Die, die
 from elemental_common.pe import parse_os_release
 from elemental_common.run import check_exit, run, spawn
+from elemental_register.installer import slot
 
 SEED_LAYOUT = "/run/initramfs/live/os"
 
@@ -132,6 +134,50 @@ def _skopeo_tls(ref: str, flag: str) -> list[str]:
 
     host = registry.parse_ref(ref)[0]
     return [f"{flag}=false"] if host in registry.insecure_registries() else []
+
+
+def slot_image(src: Source, work: Path) -> tuple[slot.SlotLayer, Path, Path] | None:
+    """For an image of prebuilt verity slots (elemental_common.osimage): its slot layer, ready to
+    be streamed onto a partition, and local files of its UKI and systemd-boot. None for a tar
+    image (or a directory). A registry's slot blob is not downloaded here: it streams straight
+    from the registry onto the slot partition (our own client; skopeo has no such copy)."""
+    if src.kind == "oci":
+        layout = Path(src.ref)
+        man = _manifest(layout, src.tag)
+        if not slot.is_slot_manifest(man):
+            return None
+        by = slot.layers(man)
+        sd = by[osimage.MEDIA_SLOT]
+        layer = slot.SlotLayer(
+            sd["digest"], int(sd["size"]), slot.verity_of(sd), path=_blob(layout, sd["digest"])
+        )
+        return (
+            layer,
+            _blob(layout, by[osimage.MEDIA_UKI]["digest"]),
+            _blob(layout, by[osimage.MEDIA_SYSTEMD_BOOT]["digest"]),
+        )
+    if src.kind != "docker":
+        return None
+    from elemental_common import registry
+
+    host, repo, reference = registry.parse_ref(src.ref)
+    reg = registry.Registry(host, repo)
+    body, _ = reg.image_manifest(reference)
+    man = json.loads(body)
+    if not slot.is_slot_manifest(man):
+        return None
+    by = slot.layers(man)
+    files = []
+    for media in (osimage.MEDIA_UKI, osimage.MEDIA_SYSTEMD_BOOT):
+        dest = work / by[media]["digest"].replace(":", "-")
+        reg.blob(by[media]["digest"], dest)
+        files.append(dest)
+    sd = by[osimage.MEDIA_SLOT]
+    digest = str(sd["digest"])
+    layer = slot.SlotLayer(
+        digest, int(sd["size"]), slot.verity_of(sd), stream=lambda put: reg.copy_blob(digest, put)
+    )
+    return layer, files[0], files[1]
 
 
 def unpack(src: Source, work: Path) -> Path:

@@ -17,13 +17,19 @@ BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 def slot_record(image: SystemImage, generation: int) -> dict[str, Any]:
-    return {
+    rec: dict[str, Any] = {
         "source": image.source,
         "version": image.version,
         "size": image.size,
         "generation": generation,
         "time": int(time.time()),
     }
+    if image.verity is not None:
+        # reset writes slot A's entry from this: the slot's root hash and the UKI's command line
+        rec.update(
+            roothash=image.verity.roothash, hash_offset=image.verity.hash_offset, cmdline=image.uki.cmdline
+        )
+    return rec
 
 
 def new_state(layout: disk.Layout, image: SystemImage) -> dict[str, Any]:

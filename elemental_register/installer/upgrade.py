@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from elemental_common.errors import die
-from elemental_common.run import run
 from elemental_register.installer import boot, disk, oem, source, system
 from elemental_register.installer.image import SystemImage, build_slot, copy_blocks, erofs_size, prepare_image
 from elemental_register.installer.progress import Progress, no_progress
@@ -115,7 +114,8 @@ def upgrade(
             progress(f"slot {booted.upper()} already runs {image.version}; nothing to write", 100)
             if recovery:
                 running_dev = disk.partition_device(layout.part(booted).uuid)
-                image.size = erofs_size(running_dev)
+                if image.slot is None:  # a prebuilt slot's size (erofs + hash area) is known
+                    image.size = erofs_size(running_dev)
                 _write_recovery(esp, layout, st, image, running_dev)
                 oem.save_system_state(oem_dir, st)
             return booted
@@ -148,7 +148,8 @@ def upgrade(
             "boot_id": system.boot_id(),
         }
         oem.save_system_state(oem_dir, st)
-    run(["sync"], check=False)
+    # no global sync: the slot, the ESP files and the state were each written durably (a sync
+    # would also wait for every other process's dirty pages)
     progress("upgraded", 100)
     return target
 

@@ -49,3 +49,35 @@ def test_pull_without_skopeo(layout: Path, tmp_path: Path, monkeypatch: pytest.M
         assert (root / "var/lib/demo/seed.txt").is_file()  # the base layer is there too
         with pytest.raises(Exception, match="404|MANIFEST_UNKNOWN"):
             source.check(source.parse(f"{host}/os:9.9.9"))
+
+
+def test_slot_streams_from_the_registry_onto_the_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image of prebuilt verity slots: install reads the slot blob once, straight from the
+    registry onto slot A and recovery (no copy on the machine's disk), its digest checked."""
+    from installer_fixtures import blob_path, disk_partitions, make_slot_oci
+
+    from elemental_common import osimage
+    from elemental_register.installer.build_disk import build_disk
+    from elemental_register.installer.disk import GiB
+
+    if shutil.which("systemd-repart") is None or shutil.which("losetup") is None:
+        pytest.skip("needs systemd-repart and loop devices")
+    system = make_slot_oci(
+        tmp_path / "slots", "1.0.0", make_rootfs(tmp_path / "r", "1.0.0", payload_mib=4), tmp_path
+    )
+    src = source.check(source.parse(system))
+    man = source._manifest(Path(src.ref), src.tag)
+    desc = next(la for la in man["layers"] if la["mediaType"] == osimage.MEDIA_SLOT)
+    data = blob_path(Path(src.ref), desc["digest"]).read_bytes()
+    with Registry({"os": Path(src.ref)}, tmp_path / "registry.log") as reg:
+        host = f"127.0.0.1:{reg.port}"
+        monkeypatch.setenv("ELEMENTAL_INSECURE_REGISTRIES", host)
+        build_disk(f"{host}/os:1.0.0", tmp_path / "disk.raw", 6 * GiB)
+    gets = [ln for ln in (tmp_path / "registry.log").read_text().splitlines() if desc["digest"] in ln]
+    assert len(gets) == 1, gets  # one read feeds both partitions
+    with disk_partitions(tmp_path / "disk.raw") as parts:
+        for name in ("COS_SYSTEM_A", "COS_RECOVERY"):
+            with open(parts[name], "rb") as f:
+                assert f.read(len(data)) == data
