@@ -44,7 +44,7 @@ MANAGEDOSVERSION_FINALIZER = f"managedosversion.{GROUP}"
 # names <operator>/k8s/clusters/local, Rancher's path to its local cluster).
 K8S_API_PREFIX = "/k8s/clusters/local"
 # Data keys of a plan Secret that the machine's agent writes (rancher-system-agent pkg/k8splan constants and
-# rancher/rancher pkg/plan's plan-state keys, plus our agent's os-version). Every other key
+# rancher/rancher pkg/plan's plan-state keys, plus our agent's os-version and os-slot). Every other key
 # (plan, max-failures, probe-period-seconds, ...) is the operator's: an update may carry it back
 # unchanged but not change it, or a machine could hand itself a plan.
 PLAN_SECRET_AGENT_KEYS = frozenset(
@@ -61,6 +61,7 @@ PLAN_SECRET_AGENT_KEYS = frozenset(
         "plan-state",
         "plan-revision",
         "os-version",
+        "os-slot",
     }
 )
 

@@ -88,6 +88,17 @@ def test_plan_view_and_both_output_encodings() -> None:
         assert pv.failed_output == {"run": "boom\n"}
 
 
+def test_the_booted_slot_the_agent_reports_is_shown() -> None:
+    secret = {
+        "type": "elemental.cattle.io/plan",
+        "metadata": {"name": "m"},
+        "data": {k: base64.b64encode(v).decode() for k, v in (("os-version", b"0.2.0"), ("os-slot", b"b"))},
+    }
+    row = present.machine_row(_inv("m"), secret)
+    assert (row.os_version, row.os_slot) == ("0.2.0", "b")
+    assert present.machine_row(_inv("m"), None).os_slot == ""
+
+
 def test_filter_and_sort_rows() -> None:
     rows = [present.machine_row(_inv(n), None) for n in ("b-node", "a-node", "c-node")]
     rows[0].labels["site"] = "x"

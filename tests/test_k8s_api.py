@@ -639,9 +639,9 @@ def test_plan_secret_keys_match_rancher_system_agent(tmp_path: Path, operator: R
     spec = json.loads((DATA / "secret-keys.json").read_text())
     keys: dict[str, dict[str, str]] = spec["keys"]
     assert spec["_provenance"]["rancher/system-agent"]["commit"]
-    # what the server lets an agent write is exactly that agent's keys (plus our os-version)
+    # what the server lets an agent write is exactly that agent's keys (plus our os-version, os-slot)
     agent_keys = {k for k, v in keys.items() if "agent" in v["writer"]}
-    assert k8s_api.AGENT_KEYS == agent_keys | {"os-version"}
+    assert k8s_api.AGENT_KEYS == agent_keys | {"os-version", "os-slot"}
     assert not (set(keys) - agent_keys) & k8s_api.AGENT_KEYS
 
     inv = _inventory(operator, "m1")
@@ -661,7 +661,7 @@ def test_plan_secret_keys_match_rancher_system_agent(tmp_path: Path, operator: R
         "failure-count",
     } <= written
     for key in sorted(written):
-        if key == "os-version":
+        if key in ("os-version", "os-slot"):
             continue  # ours, beside rancher-system-agent's
         assert key in keys, f"{key} is not one of rancher-system-agent's Secret keys"
         _check_encoding(keys[key]["encoding"], _data(sec, key))

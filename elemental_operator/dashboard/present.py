@@ -133,6 +133,7 @@ class PlanView:
     failed_output: dict[str, str] = field(default_factory=dict)
     failure_count: str = ""
     os_version: str = ""
+    os_slot: str = ""  # a, b or recovery, as the agent reports the booted entry
     last_apply: str = ""
 
 
@@ -166,6 +167,7 @@ def plan_view(secret: Resource | None) -> PlanView | None:
         failed_output=decode_output(secret_value(secret, "failed-output")),
         failure_count=secret_value(secret, "failure-count").decode(errors="replace"),
         os_version=secret_value(secret, "os-version").decode(errors="replace"),
+        os_slot=secret_value(secret, "os-slot").decode(errors="replace"),
         last_apply=secret_value(secret, "last-apply-time").decode(errors="replace"),
     )
 
@@ -178,6 +180,7 @@ class MachineRow:
     adoption: Badge
     plan: Badge
     os_version: str
+    os_slot: str
     labels: dict[str, str]
     registered: str
     tpm_hash: str
@@ -220,6 +223,7 @@ def machine_row(inv: Resource, secret: Resource | None) -> MachineRow:
         adoption=badge(inv, "AdoptionReady", "Adopted", ""),
         plan=plan_badge,
         os_version=pv.os_version if pv else "",
+        os_slot=pv.os_slot if pv else "",
         labels=labels,
         registered=registered,
         tpm_hash=ident[:12],

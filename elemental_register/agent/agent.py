@@ -119,6 +119,9 @@ class Agent:
             "success-count": str(s.success_count),
             "last-apply-time": s.last_apply_time,
             "os-version": self.os_version(),
+            # which slot this boot runs (a, b or recovery: the entry's elemental.slot=), for the
+            # operator's views; empty outside the installed OS
+            "os-slot": system.booted_slot() or "",
         }
         if self.periodic:
             out["applied-periodic-output"] = planlib.periodic_output(self.periodic)

@@ -165,6 +165,7 @@ def test_register_install_ready(op: Operator, m1: Machine, results: Path, state:
         assert inv["status"]["plan"]["state"] == "Applied"
         assert condition(inv, "Ready") == "True"
         assert plan_secret(op, INVENTORY).get("os-version")
+        assert plan_secret(op, INVENTORY).get("os-slot") == "a"  # the agent reports the booted slot
         # the installed OS re-registers by itself (timer), as the same inventory
         wait_console(m1, REREGISTERED, timeout=600)
         again = op.get("machineinventories", INVENTORY)
@@ -232,5 +233,6 @@ def test_rollback(
         assert tries >= 3, tries
         assert condition(inv, "Ready", "reason") == "PlanFailure", inv["status"]
         assert plan_secret(op, INVENTORY).get("os-version") == UPGRADE_VERSION
+        assert plan_secret(op, INVENTORY).get("os-slot") == "b"
         reason = lambda: condition(op.get("managedosimages", "e2e-broken"), "Ready", "reason")  # noqa: E731
         op.wait("ManagedOSImage e2e-broken UpgradeFailed", lambda: reason() == "UpgradeFailed", 120, 2)
