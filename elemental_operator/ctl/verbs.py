@@ -273,6 +273,7 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
     # Read-modify-write; a controller may touch the object (finalizers, status) between our GET
     # and PUT, so retry on a stale resourceVersion unless the file itself pinned one.
     pinned = "resourceVersion" in meta
+    warned = False  # once per object, not once per conflict retry
     for attempt in range(RETRIES):
         try:
             cur = s.client.get(info, ns, name)
@@ -289,7 +290,8 @@ def _apply_one(s: Session, doc: manifests.Doc, args: argparse.Namespace, create_
                 s.client.call("PUT", Client.item(info, ns, name) + "/status", {**out, "status": status})
             return f"{ref(info, name)} created"
         previous = _last_applied(cur)
-        if previous is None:
+        if previous is None and not warned:
+            warned = True
             s.err.write(
                 f"Warning: {qualified(info)}/{name} is missing the {LAST_APPLIED} annotation "
                 "(it was not made by apply); it is patched now, nothing is removed\n"
