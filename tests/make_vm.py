@@ -633,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     port = listen_port(os.environ.get("ELEMENTAL_OPERATOR_LISTEN") or consts.DEFAULT_LISTEN)
     op = DevOperator(args.state, port, vms / "operator.log")
     signal.signal(signal.SIGTERM, _terminate)
+    # A non-interactive shell starts `cmd &` with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: Ctrl-C (or the test's SIGINT) would leave QEMU running.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with _locked(vms / f"{args.name}.lock", what=f"machine {args.name}"):
         if args.fresh and m_dir.exists():
             shutil.rmtree(m_dir)
