@@ -172,7 +172,20 @@ def ek_tpm_public(key: PublicKey) -> TPM2B_PUBLIC:
         | TPMA_OBJECT.DECRYPT
     )
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return TPM2B_PUBLIC.from_pem(pem, nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, symmetric=sym)
+    public = TPM2B_PUBLIC.from_pem(pem, nameAlg=TPM2_ALG.SHA256, objectAttributes=attrs, symmetric=sym)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        set_full_length_point(public, key)
+    return public
+
+
+def set_full_length_point(public: TPM2B_PUBLIC, key: ec.EllipticCurvePublicKey) -> None:
+    """Store x and y at the curve's size, as a TPM does: tpm2-pytss's from_pem drops their leading
+    zero bytes, and a TPM uses the stored x as is in KDFe (MakeCredential's PartyVInfo) while
+    the operator, like go-tpm, uses the full size: such a key failed ActivateCredential."""
+    size = (key.curve.key_size + 7) // 8
+    numbers = key.public_numbers()
+    point = public.publicArea.unique.ecc
+    point.x, point.y = numbers.x.to_bytes(size, "big"), numbers.y.to_bytes(size, "big")
 
 
 def _unmarshal_exact(cls: Any, data: bytes, what: str) -> object:

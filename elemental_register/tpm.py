@@ -46,7 +46,13 @@ from tpm2_pytss.types import (
 )
 from tpm2_pytss.utils import NoSuchIndex, create_ek_template, wrap
 
-from elemental_common.attestation import PublicKey, pkix_der, public_key_of_tpmt, tpm_hash
+from elemental_common.attestation import (
+    PublicKey,
+    pkix_der,
+    public_key_of_tpmt,
+    set_full_length_point,
+    tpm_hash,
+)
 from elemental_common.protocol import AttestationData, AttestationParameters
 from elemental_common.run import spawn
 
@@ -316,15 +322,11 @@ class TPM:
         )
         public.publicArea.authPolicy = EK_POLICY
         sensitive = TPM2B_SENSITIVE.from_pem(pem)
-        # from_pem writes the coordinates and the scalar without their leading zero bytes. The
-        # TPM uses the stored x as is in KDFe (MakeCredential's PartyVInfo), while the operator,
-        # like go-tpm, uses the curve's full 32 bytes: a key whose x started with 0x00 failed
-        # ActivateCredential (1 seed in ~100). A TPM-made key always has full-length values.
-        numbers = priv.private_numbers()
-        point = public.publicArea.unique.ecc
-        point.x = numbers.public_numbers.x.to_bytes(32, "big")
-        point.y = numbers.public_numbers.y.to_bytes(32, "big")
-        sensitive.sensitiveArea.sensitive.ecc = numbers.private_value.to_bytes(32, "big")
+        # from_pem drops leading zero bytes; a TPM-made key has full-length values (a short x
+        # failed ActivateCredential for 1 seed in ~100: see set_full_length_point).
+        set_full_length_point(public, priv.public_key())
+        size = (priv.curve.key_size + 7) // 8
+        sensitive.sensitiveArea.sensitive.ecc = priv.private_numbers().private_value.to_bytes(size, "big")
         # A storage (restricted decrypt) key needs a seed value of the name digest size.
         sensitive.sensitiveArea.seedValue = hashlib.sha256(b"seed-value" + pem).digest()
         srk = self.srk()
